@@ -1,0 +1,1 @@
+"""Hydra configs, installed as a package so `pkg://conf` finds them from any directory."""

@@ -1,0 +1,60 @@
+"""Pure-torch reference implementations of the encoder's fusable ops.
+
+These are the ground truth that any fused kernel is tested against, and the
+implementation used on every device where no kernel applies. Signatures are the
+contract a kernel must keep.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim, computed in at least fp32 and cast back."""
+    xf = x.float() if x.element_size() < 4 else x
+    out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (out * weight.to(xf.dtype)).to(x.dtype)
+
+
+def layer_norm(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    """LayerNorm over the last dim."""
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """SwiGLU activation: silu(gate) * up."""
+    return F.silu(gate) * up
+
+
+def geglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """GeGLU activation: gelu(gate, tanh approximation) * up."""
+    return F.gelu(gate, approximate="tanh") * up
+
+
+def rotary_tables(
+    length: int, head_dim: int, base: float, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables of shape (length, head_dim // 2) for positions 0..length-1."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
+    angles = torch.outer(torch.arange(length, device=device).float(), inv_freq)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate q and k (batch, heads, length, head_dim) by position (half-split layout).
+
+    Position i of the sequence is rotated by angle i * inv_freq; the encoder decides
+    what the positions are (memory tokens take the first positions of each segment).
+    """
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+    return rotate(q), rotate(k)

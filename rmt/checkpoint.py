@@ -1,0 +1,117 @@
+"""Checkpoints: safetensors weights + a JSON config + the tokenizer, written atomically.
+
+A checkpoint directory holds everything needed to use the model without the training
+code (`load_model`), plus `trainer_state.pt` when it was written by training (optimizer,
+schedule, data RNG: what resuming needs).
+
+    checkpoints/
+      step-00000300/  model.safetensors  config.json  tokenizer.json  trainer_state.pt
+      latest          (text file naming the newest complete step directory)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model as load_safetensors
+from safetensors.torch import save_model as save_safetensors
+
+from data import DNATokenizer, load_tokenizer
+from rmt.encoder import Encoder, EncoderConfig
+from rmt.heads import MLMHead
+from rmt.runner import MemoryRunner
+
+FORMAT = "rmt-dna/1"
+RUNNER_KEYS = ("num_memory_tokens", "segment_tokens", "bptt_depth", "loss_on", "backprop")
+
+
+def build_runner(encoder_config: EncoderConfig, runner_config: dict) -> MemoryRunner:
+    """A fresh runner with an MLM head tied to the token embeddings."""
+    encoder = Encoder(encoder_config)
+    head = MLMHead(encoder_config.d_model, encoder_config.vocab_size, encoder.embed_tokens)
+    return MemoryRunner(encoder, head=head, **runner_config)
+
+
+def runner_config(runner: MemoryRunner) -> dict:
+    return {key: getattr(runner, key) for key in RUNNER_KEYS}
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    runner: MemoryRunner,
+    tokenizer: DNATokenizer,
+    trainer_state: dict | None = None,
+    metadata: dict | None = None,
+) -> Path:
+    """Write a complete checkpoint directory atomically (a temp dir, then a rename)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        save_safetensors(runner, str(tmp / "model.safetensors"))
+        tokenizer.save(tmp / "tokenizer.json")
+        config = {
+            "format": FORMAT,
+            "encoder": runner.encoder.config.to_dict(),
+            "runner": runner_config(runner),
+            "head": "mlm",
+            "tokenizer": "tokenizer.json",
+            **(metadata or {}),
+        }
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / "trainer_state.pt")
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint directory from itself, a run directory, or its `checkpoints/` folder."""
+    path = Path(path)
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        return path
+    for folder in (path / "checkpoints", path):
+        latest = folder / "latest"
+        if latest.is_file():
+            return folder / latest.read_text().strip()
+    raise FileNotFoundError(
+        f"no checkpoint at {path}: expected a directory with config.json and "
+        "model.safetensors, or a run directory with checkpoints/latest"
+    )
+
+
+def load_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[MemoryRunner, DNATokenizer]:
+    """Load (runner with its MLM head, tokenizer) from a checkpoint or run directory."""
+    ckpt = resolve_checkpoint(path)
+    config = json.loads((ckpt / "config.json").read_text())
+    if config.get("format") != FORMAT:
+        raise ValueError(
+            f"{ckpt / 'config.json'}: unknown checkpoint format {config.get('format')!r}"
+        )
+    encoder_config = EncoderConfig.from_dict(config["encoder"])
+    runner = build_runner(encoder_config, config["runner"])
+    load_safetensors(runner, str(ckpt / "model.safetensors"), device=str(device))
+    runner.to(device).eval()
+    return runner, load_tokenizer(ckpt / config["tokenizer"])
+
+
+def write_latest(checkpoints: Path, name: str, keep: int) -> None:
+    """Point `latest` at a finished checkpoint, then prune all but the newest `keep`."""
+    tmp = checkpoints / ".latest.tmp"
+    tmp.write_text(name + "\n")
+    os.replace(tmp, checkpoints / "latest")
+    steps = sorted(p for p in checkpoints.glob("step-*") if p.is_dir())
+    for old in steps[: max(0, len(steps) - keep)]:
+        shutil.rmtree(old)

@@ -1,0 +1,355 @@
+"""The recurrent memory runner (RMT): long sequences as segments that pass memory along.
+
+A sequence of T content tokens is cut into segments of `segment_tokens`. Each segment
+is encoded together with `num_memory_tokens` memory vectors prepended to it; the
+encoder's outputs at those positions become the memory of the next segment. The
+first segment reads a learned memory.
+
+Gradients through memory are bounded by `bptt_depth` = k: the loss of segment t reaches
+the memory transitions t-1, ..., t-k and no further (k = -1: all of them, full BPTT).
+Most cases are plain autograd with one or more `detach()`s. Exact per-segment truncation
+with a loss on every segment (1 <= k < segments-1) and memory replay need a custom
+backward sweep (`_SegmentSweep`) that walks the segments in reverse and tracks, for each
+loss, how many transitions its gradient has crossed.
+
+`backprop` picks what the forward keeps for the backward:
+- `full`: every segment's activations (memory grows with the number of segments);
+- `replay`: only each segment's input memory; the backward recomputes one segment at a
+  time (memory-replay backprop), so activation memory stays that of one segment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from einops import repeat
+from torch import nn
+
+from rmt.encoder import Encoder
+from rmt.heads import IGNORE_INDEX, MLMHead
+
+BACKPROP_MODES = ("full", "replay")
+LOSS_ON = ("all", "last")
+
+
+@dataclass
+class RunnerOutput:
+    """What one call of the runner returns.
+
+    loss: token-weighted mean MLM loss over all segments (or the last one's), or None.
+    segment_losses: (segments,) mean loss of each segment (0 where it had no labels).
+    segment_counts: (segments,) labelled tokens per segment.
+    memory: (batch, m, d) memory after the last segment.
+    hidden: (batch, T, d) content-token hidden states, when asked for.
+    """
+
+    loss: torch.Tensor | None
+    segment_losses: torch.Tensor | None
+    segment_counts: torch.Tensor | None
+    memory: torch.Tensor
+    hidden: torch.Tensor | None = None
+
+
+@dataclass
+class SegmentOutput:
+    """One streamed segment: content-token hidden states (batch, S, d) and the new memory."""
+
+    hidden: torch.Tensor
+    memory: torch.Tensor
+
+
+class MemoryRunner(nn.Module):
+    """Wraps an `Encoder` (and optionally an `MLMHead`) into a recurrent memory model."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        num_memory_tokens: int,
+        segment_tokens: int,
+        bptt_depth: int = -1,
+        head: MLMHead | None = None,
+        loss_on: str = "all",
+        backprop: str = "full",
+    ) -> None:
+        super().__init__()
+        if num_memory_tokens < 0 or segment_tokens < 1:
+            raise ValueError(
+                f"num_memory_tokens={num_memory_tokens} must be >= 0 and "
+                f"segment_tokens={segment_tokens} >= 1"
+            )
+        self.encoder = encoder
+        self.head = head
+        self.num_memory_tokens = num_memory_tokens
+        self.segment_tokens = segment_tokens
+        self.bptt_depth = bptt_depth
+        self.loss_on = loss_on
+        self.backprop = backprop
+        d = encoder.config.d_model
+        self.memory = nn.Parameter(torch.randn(num_memory_tokens, d) * encoder.config.init_std)
+
+    # -- settable knobs, validated on every assignment ------------------------------
+    @property
+    def bptt_depth(self) -> int:
+        return self._bptt_depth
+
+    @bptt_depth.setter
+    def bptt_depth(self, value: int) -> None:
+        if not isinstance(value, int) or value < -1:
+            raise ValueError(f"bptt_depth={value!r}: use -1 (full BPTT) or a depth k >= 0")
+        self._bptt_depth = value
+
+    @property
+    def backprop(self) -> str:
+        return self._backprop
+
+    @backprop.setter
+    def backprop(self, value: str) -> None:
+        if value not in BACKPROP_MODES:
+            raise ValueError(f"backprop={value!r}; choose one of {BACKPROP_MODES}")
+        self._backprop = value
+
+    @property
+    def loss_on(self) -> str:
+        return self._loss_on
+
+    @loss_on.setter
+    def loss_on(self, value: str) -> None:
+        if value not in LOSS_ON:
+            raise ValueError(f"loss_on={value!r}; choose one of {LOSS_ON}")
+        self._loss_on = value
+
+    # -- streaming API --------------------------------------------------------------
+    def init_memory(self, batch_size: int) -> torch.Tensor:
+        """The learned initial memory, one copy per sample: (batch, m, d)."""
+        return repeat(self.memory, "m d -> b m d", b=batch_size)
+
+    def step(
+        self,
+        segment_input_ids: torch.Tensor,
+        memory: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[SegmentOutput, torch.Tensor]:
+        """Encode one segment (batch, <= S) with `memory`; returns its output and new memory.
+
+        Samples whose segment is all padding keep their memory unchanged.
+        """
+        mask = attention_mask.bool() if attention_mask is not None else None
+        new_memory, hidden = self._encode_segment(memory, segment_input_ids, mask)
+        return SegmentOutput(hidden=hidden, memory=new_memory), new_memory
+
+    # -- whole sequences ------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_hidden: bool = False,
+    ) -> RunnerOutput:
+        """Run all segments of (batch, T) tokens, carrying memory; loss when labels given."""
+        if labels is not None and self.head is None:
+            raise ValueError("labels were given but this runner has no head to score them")
+        segments = self._split(input_ids, attention_mask, labels)
+        depth = self.bptt_depth
+        needs_sweep = (
+            labels is not None
+            and torch.is_grad_enabled()
+            and (
+                self.backprop == "replay"
+                or (self.loss_on == "all" and 0 < depth < len(segments) - 1)
+            )
+        )
+        if needs_sweep:
+            return self._forward_sweep(segments, return_hidden)
+        return self._forward_autograd(segments, return_hidden)
+
+    def _split(self, input_ids, attention_mask, labels):
+        n = -(-input_ids.shape[1] // self.segment_tokens)
+        mask = attention_mask.bool() if attention_mask is not None else None
+
+        def cut(x):
+            return [None] * n if x is None else x.split(self.segment_tokens, dim=1)
+
+        return list(zip(cut(input_ids), cut(mask), cut(labels), strict=True))
+
+    def _encode_segment(self, memory, input_ids, mask):
+        m = self.num_memory_tokens
+        x = torch.cat(
+            [memory.to(self.encoder.embed_tokens.weight.dtype), self.encoder.embed(input_ids)], 1
+        )
+        key_mask = None if mask is None else torch.cat([mask.new_ones(mask.shape[0], m), mask], 1)
+        h = self.encoder.forward_embeddings(x, key_mask)
+        new_memory, hidden = h[:, :m], h[:, m:]
+        if mask is not None:  # a sample that has ended keeps its memory
+            new_memory = torch.where(mask.any(1)[:, None, None], new_memory, memory)
+        return new_memory, hidden
+
+    def _segment_loss(self, memory, input_ids, mask, labels):
+        new_memory, hidden = self._encode_segment(memory, input_ids, mask)
+        loss_sum, count = self.head.loss(hidden, labels)
+        return new_memory, hidden, loss_sum, count
+
+    def _loss_weights(self, counts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Per-segment weights w_j with loss = sum_j w_j * loss_sum_j."""
+        counts = counts.to(dtype)
+        if self.loss_on == "last":
+            weights = torch.zeros_like(counts)
+            weights[-1] = 1.0 / counts[-1].clamp(min=1)
+            return weights
+        return torch.ones_like(counts) / counts.sum().clamp(min=1)
+
+    def _forward_autograd(self, segments, return_hidden):
+        n, depth = len(segments), self.bptt_depth
+        # Where to cut the graph so that each loss crosses at most `depth` transitions.
+        if depth == 0:
+            cut_before = set(range(1, n))
+        elif self.loss_on == "last" and 0 < depth < n - 1:
+            cut_before = {n - 1 - depth}
+        else:
+            cut_before = set()
+        memory = self.init_memory(segments[0][0].shape[0])
+        hiddens, sums, counts = [], [], []
+        for j, (ids, mask, labels) in enumerate(segments):
+            if j in cut_before:
+                memory = memory.detach()
+            memory, hidden = self._encode_segment(memory, ids, mask)
+            if labels is not None:
+                loss_sum, count = self.head.loss(hidden, labels)
+                sums.append(loss_sum)
+                counts.append(count)
+            if return_hidden:
+                hiddens.append(hidden)
+        hidden = torch.cat(hiddens, 1) if return_hidden else None
+        if not sums:
+            return RunnerOutput(None, None, None, memory, hidden)
+        sums_t, counts_t = torch.stack(sums), torch.stack(counts)
+        loss = (self._loss_weights(counts_t, sums_t.dtype) * sums_t).sum()
+        seg_losses = sums_t.detach() / counts_t.clamp(min=1)
+        return RunnerOutput(loss, seg_losses, counts_t, memory, hidden)
+
+    def _forward_sweep(self, segments, return_hidden):
+        hiddens: list[torch.Tensor] = []
+        loss, seg_sums, counts, memory = _SegmentSweep.apply(
+            self, segments, hiddens, return_hidden, self.memory
+        )
+        hidden = torch.cat(hiddens, 1) if return_hidden else None
+        return RunnerOutput(loss, seg_sums / counts.clamp(min=1), counts, memory, hidden)
+
+
+class _SegmentSweep(torch.autograd.Function):
+    """Forward over all segments; backward as a reverse sweep with exact truncation.
+
+    Backward, at segment j (last to first), the cotangent arriving at the segment's
+    output memory is kept as separate *streams*, one per loss t, because each must stop
+    after crossing `k` transitions: stream t may enter segment j only if t - j <= k.
+    Every stream that enters is pushed through the segment to its input memory on its
+    own (a vector-Jacobian product w.r.t. that memory only), and the parameters receive
+    the sum of all of them in one backward. For k = -1 all streams merge into one and a
+    segment costs a single backward, which is exactly memory-replay backprop.
+    """
+
+    @staticmethod
+    def forward(ctx, runner: MemoryRunner, segments, hiddens, return_hidden, memory_param):
+        replay = runner.backprop == "replay"
+        batch = segments[0][0].shape[0]
+        memory = runner.init_memory(batch).detach()
+        saved, sums, counts = [], [], []
+        for ids, mask, labels in segments:
+            mem_in = memory.detach()
+            if replay:
+                rng = _rng_state(mem_in.device)
+                new_memory, hidden, loss_sum, count = runner._segment_loss(
+                    mem_in, ids, mask, labels
+                )
+                saved.append((mem_in, rng))
+            else:
+                mem_in.requires_grad_(True)
+                with torch.enable_grad():
+                    new_memory, hidden, loss_sum, count = runner._segment_loss(
+                        mem_in, ids, mask, labels
+                    )
+                saved.append((mem_in, new_memory, loss_sum))
+            if return_hidden:
+                hiddens.append(hidden.detach())
+            sums.append(loss_sum.detach())
+            counts.append(count)
+            memory = new_memory
+        sums_t, counts_t = torch.stack(sums), torch.stack(counts)
+        weights = runner._loss_weights(counts_t, sums_t.dtype)
+        ctx.runner, ctx.segments, ctx.saved, ctx.weights = runner, segments, saved, weights
+        ctx.mark_non_differentiable(sums_t, counts_t)
+        return (weights * sums_t).sum(), sums_t, counts_t, memory.detach()
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_sums, _grad_counts, _grad_memory):
+        runner, depth = ctx.runner, ctx.runner.bptt_depth
+        params = [p for p in runner.parameters() if p.requires_grad and p is not runner.memory]
+        streams: list[tuple[int, torch.Tensor]] = []  # (loss index t, cotangent on mem_out)
+        for j in reversed(range(len(ctx.segments))):
+            mem_in, new_memory, loss_sum = _segment_graph(ctx, j)
+            streams = [(t, c) for t, c in streams if depth < 0 or t - j <= depth]
+            w = ctx.weights[j] * grad_loss
+            mem_grad = sum(c for _, c in streams) if streams else torch.zeros_like(new_memory)
+            if depth < 0:  # one merged stream: a single backward gives params and memory
+                grads = torch.autograd.grad(
+                    [loss_sum, new_memory], [mem_in, *params], [w, mem_grad], allow_unused=True
+                )
+                streams = [(j, grads[0])]
+                _accumulate(params, grads[1:])
+                continue
+            moved = [
+                (t, torch.autograd.grad(new_memory, mem_in, c, retain_graph=True)[0])
+                for t, c in streams
+            ]
+            own = torch.autograd.grad(loss_sum, mem_in, w, retain_graph=True, allow_unused=True)[0]
+            grads = torch.autograd.grad(
+                [loss_sum, new_memory], params, [w, mem_grad], allow_unused=True
+            )
+            _accumulate(params, grads)
+            streams = [*moved, (j, own if own is not None else torch.zeros_like(mem_in))]
+        reaching = [c for t, c in streams if depth < 0 or t <= depth]
+        grad_memory = sum(c.sum(0) for c in reaching) if reaching else None
+        ctx.saved = ctx.segments = None
+        return None, None, None, None, grad_memory
+
+
+def _segment_graph(ctx, j: int):
+    """Segment j's (input memory, output memory, loss sum) with a graph, recomputing if replay."""
+    if ctx.runner.backprop != "replay":
+        return ctx.saved[j]
+    mem_in, rng = ctx.saved[j]
+    mem_in = mem_in.detach().requires_grad_(True)
+    with torch.enable_grad(), _restored_rng(rng, mem_in.device):
+        new_memory, _, loss_sum, _ = ctx.runner._segment_loss(mem_in, *ctx.segments[j])
+    return mem_in, new_memory, loss_sum
+
+
+def _accumulate(params, grads) -> None:
+    for p, g in zip(params, grads, strict=True):
+        if g is not None:
+            p.grad = g if p.grad is None else p.grad + g
+
+
+def _rng_state(device: torch.device):
+    """RNG state to replay a segment's dropout masks exactly."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+class _restored_rng:
+    def __init__(self, state, device: torch.device) -> None:
+        self.state, self.device = state, device
+
+    def __enter__(self):
+        self.saved = _rng_state(self.device)
+        torch.set_rng_state(self.state[0])
+        if self.state[1] is not None:
+            torch.cuda.set_rng_state(self.state[1], self.device)
+
+    def __exit__(self, *exc):
+        torch.set_rng_state(self.saved[0])
+        if self.saved[1] is not None:
+            torch.cuda.set_rng_state(self.saved[1], self.device)
+
+
+__all__ = ["IGNORE_INDEX", "MemoryRunner", "RunnerOutput", "SegmentOutput"]

@@ -1,0 +1,52 @@
+"""Shared fixtures for the data-package tests (tests/test_data_*.py).
+
+Everything decompressed or indexed goes into a per-session temporary cache, never into
+~/.cache, and the bundled E. coli chromosome is decompressed at most once per session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from data import ECOLI_HELDOUT, BPETokenizer, Genome, bundled_genome
+
+
+@pytest.fixture(scope="session")
+def fasta_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Session-wide FASTA cache directory (decompressed bundled genomes live here)."""
+    return tmp_path_factory.mktemp("fasta-cache")
+
+
+@pytest.fixture(scope="session")
+def lambda_genome(fasta_cache_dir: Path) -> Genome:
+    """The bundled 48,502 bp phage lambda genome (one record, NC_001416.1)."""
+    return Genome(bundled_genome("lambda"), cache_dir=fasta_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def ecoli_genome(fasta_cache_dir: Path) -> Genome:
+    """The bundled E. coli 536 chromosome with the default held-out region excluded."""
+    return Genome(bundled_genome("ecoli"), exclude=[ECOLI_HELDOUT], cache_dir=fasta_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def lambda_bpe(lambda_genome: Genome) -> BPETokenizer:
+    """A 512-token BPE trained on the whole lambda genome."""
+    return BPETokenizer.train(
+        [lambda_genome.fetch("NC_001416.1", 0, lambda_genome.lengths["NC_001416.1"])], 512
+    )
+
+
+@pytest.fixture
+def write_fasta(tmp_path: Path) -> Callable[[str, str], Path]:
+    """Write FASTA text to ``tmp_path/<name>`` and return the path."""
+
+    def write(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write

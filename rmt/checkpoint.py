@@ -22,6 +22,7 @@ from safetensors.torch import load_model as load_safetensors
 from safetensors.torch import save_model as save_safetensors
 
 from data import DNATokenizer, load_tokenizer
+from data.atomic import atomic_path
 from rmt.encoder import Encoder, EncoderConfig
 from rmt.heads import MLMHead
 from rmt.runner import MemoryRunner
@@ -109,9 +110,8 @@ def load_model(
 
 def write_latest(checkpoints: Path, name: str, keep: int) -> None:
     """Point `latest` at a finished checkpoint, then prune all but the newest `keep`."""
-    tmp = checkpoints / ".latest.tmp"
-    tmp.write_text(name + "\n")
-    os.replace(tmp, checkpoints / "latest")
+    with atomic_path(checkpoints / "latest") as tmp:
+        tmp.write_text(name + "\n")
     steps = sorted(p for p in checkpoints.glob("step-*") if p.is_dir())
     for old in steps[: max(0, len(steps) - keep)]:
         shutil.rmtree(old)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from data.atomic import atomic_path
+
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError)
 
 
@@ -49,10 +51,8 @@ class MetricsLog:
 
 def write_json(path: str | os.PathLike, payload: dict) -> None:
     """Write JSON atomically: a temp file beside the target, then a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 def pick_device(name: str) -> torch.device:

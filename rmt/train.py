@@ -12,6 +12,7 @@ existing run directory resumes from its latest checkpoint.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -26,13 +27,16 @@ from safetensors.torch import load_model as load_weights
 from tqdm import tqdm
 
 from curriculum import Schedule, build_schedule
-from data import MLMBatches, Region
+from data import MLMBatches
 from data.tokenizers import DNATokenizer
 from rmt.checkpoint import build_runner, resolve_checkpoint, save_checkpoint, write_latest
 from rmt.cli import MetricsLog, autocast_dtype, pick_device, user_errors, write_json
 from rmt.data_config import heldout_regions, make_genome, make_tokenizer
 from rmt.encoder import EncoderConfig
+from rmt.evaluate import evaluate, unigram_log_probs
 from rmt.runner import MemoryRunner
+
+log = logging.getLogger(__name__)
 
 
 def make_runner(cfg: DictConfig, tokenizer: DNATokenizer) -> MemoryRunner:
@@ -75,50 +79,6 @@ def make_optimizer(runner: MemoryRunner, t: DictConfig, max_steps: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
 
 
-@torch.no_grad()
-def evaluate(
-    runner: MemoryRunner,
-    batches: MLMBatches,
-    regions: list[Region],
-    segments: int,
-    batch_size: int,
-    max_tokens: int | None,
-    device: torch.device,
-    amp: torch.dtype | None,
-) -> dict:
-    """Held-out MLM loss and accuracy over tiled windows of `segments` segments each."""
-    runner.eval()
-    loss_sum = correct = count = tokens = 0.0
-    seg_sums = torch.zeros(segments, dtype=torch.float64)
-    seg_counts = torch.zeros(segments, dtype=torch.float64)
-    num_tokens = segments * runner.segment_tokens
-    for region in regions:
-        for batch in batches.tile(region, batch_size, num_tokens):
-            ids, mask, labels = (
-                x.to(device) for x in (batch.input_ids, batch.attention_mask, batch.labels)
-            )
-            with torch.autocast(device.type, amp, enabled=amp is not None):
-                out = runner(ids, mask, labels, return_hidden=True)
-                correct += float(runner.head.correct(out.hidden, labels))
-            n = out.segment_counts.double().cpu()
-            seg_sums[: len(n)] += out.segment_losses.double().cpu() * n
-            seg_counts[: len(n)] += n
-            loss_sum += float(out.loss) * float(n.sum())
-            count += float(n.sum())
-            tokens += float(mask.sum())
-            if max_tokens is not None and tokens >= max_tokens:
-                break
-    runner.train()
-    return {
-        "loss": loss_sum / max(count, 1),
-        "accuracy": correct / max(count, 1),
-        "segment_losses": (seg_sums / seg_counts.clamp(min=1)).tolist(),
-        "masked_tokens": int(count),
-        "tokens": int(tokens),
-        "segments": segments,
-    }
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -150,6 +110,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         genome, tokenizer, mask_prob=cfg.data.mask_prob, bp_per_token=batches.bp_per_token
     )
     eval_segments = schedule.max_segments
+    unigram = unigram_log_probs(tokenizer, genome) if heldout else None
 
     def run_eval() -> dict:
         return evaluate(
@@ -161,6 +122,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             t.eval_max_tokens,
             device,
             amp,
+            unigram,
         )
 
     checkpoints = run_dir / "checkpoints"
@@ -255,6 +217,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             },
         )
     metrics.close()
+    log.info("finished %d steps; results in %s: %s", step, run_dir, result)
     return result
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -75,6 +76,8 @@ def test_training_writes_metrics_checkpoints_and_eval(tmp_path):
     summary = json.loads((tmp_path / "eval.json").read_text())
     assert summary["final"]["loss"] == pytest.approx(result["eval_loss"])
     assert summary["initial"]["masked_tokens"] > 0
+    # The unigram baseline scores the same masked tokens and beats a uniform guess.
+    assert 0 < summary["final"]["unigram_loss"] < math.log(256)
     held = parse_region(summary["regions"][0])
     assert held.end == 48502 and held.start == 48502 - 4850
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-00000006"

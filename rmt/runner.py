@@ -12,8 +12,12 @@ with a loss on every segment (1 <= k < segments-1) and memory replay need a cust
 backward sweep (`_SegmentSweep`) that walks the segments in reverse and tracks, for each
 loss, how many transitions its gradient has crossed.
 
-`backprop` picks what the forward keeps for the backward:
+`backprop` picks what the forward keeps for the backward; `bptt_depth` composes with
+every mode:
 - `full`: every segment's activations (memory grows with the number of segments);
+- `truncated`: the same, and insists on a depth (`bptt_depth` >= 0);
+- `checkpoint`: each segment's inputs only, recomputing its activations in the backward
+  (per-segment activation checkpointing: memory still grows, by far less per segment);
 - `replay`: only each segment's input memory; the backward recomputes one segment at a
   time (memory-replay backprop), so activation memory stays that of one segment.
 """
@@ -21,15 +25,18 @@ loss, how many transitions its gradient has crossed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from einops import repeat
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from rmt.encoder import Encoder
 from rmt.heads import IGNORE_INDEX, MLMHead
 
-BACKPROP_MODES = ("full", "replay")
+BACKPROP_MODES = ("full", "truncated", "checkpoint", "replay")
+RECOMPUTING = ("checkpoint", "replay")  # modes whose backward sweep recomputes each segment
 LOSS_ON = ("all", "last")
 
 
@@ -151,6 +158,8 @@ class MemoryRunner(nn.Module):
             raise ValueError("labels were given but this runner has no head to score them")
         segments = self._split(input_ids, attention_mask, labels)
         depth = self.bptt_depth
+        if self.backprop == "truncated" and depth < 0:
+            raise ValueError("backprop=truncated needs a depth: set bptt_depth to k >= 0")
         needs_sweep = (
             labels is not None
             and torch.is_grad_enabled()
@@ -209,12 +218,17 @@ class MemoryRunner(nn.Module):
             cut_before = set()
         memory = self.init_memory(segments[0][0].shape[0])
         hiddens, sums, counts = [], [], []
+        checkpointed = self.backprop == "checkpoint" and torch.is_grad_enabled()
         for j, (ids, mask, labels) in enumerate(segments):
             if j in cut_before:
                 memory = memory.detach()
-            memory, hidden = self._encode_segment(memory, ids, mask)
-            if labels is not None:
-                loss_sum, count = self.head.loss(hidden, labels)
+            if labels is None:
+                memory, hidden = self._encode_segment(memory, ids, mask)
+            else:
+                step = self._segment_loss
+                if checkpointed:  # keep only the segment's inputs; recompute in backward
+                    step = partial(checkpoint, self._segment_loss, use_reentrant=False)
+                memory, hidden, loss_sum, count = step(memory, ids, mask, labels)
                 sums.append(loss_sum)
                 counts.append(count)
             if return_hidden:
@@ -250,7 +264,7 @@ class _SegmentSweep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, runner: MemoryRunner, segments, hiddens, return_hidden, memory_param):
-        replay = runner.backprop == "replay"
+        replay = runner.backprop in RECOMPUTING
         batch = segments[0][0].shape[0]
         memory = runner.init_memory(batch).detach()
         saved, sums, counts = [], [], []
@@ -315,7 +329,7 @@ class _SegmentSweep(torch.autograd.Function):
 
 def _segment_graph(ctx, j: int):
     """Segment j's (input memory, output memory, loss sum) with a graph, recomputing if replay."""
-    if ctx.runner.backprop != "replay":
+    if ctx.runner.backprop not in RECOMPUTING:
         return ctx.saved[j]
     mem_in, rng = ctx.saved[j]
     mem_in = mem_in.detach().requires_grad_(True)

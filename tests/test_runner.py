@@ -136,9 +136,11 @@ def test_loss_is_token_weighted_mean_over_segments():
     torch.testing.assert_close(runner(ids, labels=labels).loss, per_segment[-1])
 
 
-@pytest.mark.parametrize("backprop", ["full", "replay"])
+@pytest.mark.parametrize("backprop", ["full", "truncated", "checkpoint", "replay"])
 @pytest.mark.parametrize("depth", [0, 1, 2, 3, -1])
 def test_truncated_bptt_matches_the_exact_per_segment_reference(depth, backprop):
+    if backprop == "truncated" and depth < 0:
+        pytest.skip("truncated needs a depth (tested below)")
     runner = make_runner(bptt_depth=depth, backprop=backprop)
     ids, labels = random_batch(2, 5)
     got = param_grads(runner, lambda: runner(ids, labels=labels).loss)
@@ -155,7 +157,7 @@ def test_gradient_of_a_segment_loss_reaches_exactly_k_transitions(depth):
     ids = (5 + torch.arange(segments)).repeat_interleave(SEG)[None].repeat(2, 1)
     labels = torch.full_like(ids, -100)
     labels[:, t * SEG : (t + 1) * SEG] = 7  # only segment t is scored
-    for backprop in ("full", "replay"):
+    for backprop in ("truncated", "checkpoint", "replay"):
         runner.backprop = backprop
         grads = param_grads(runner, lambda: runner(ids, labels=labels).loss)
         rows = grads["encoder.embed_tokens.weight"][5 : 5 + segments].abs().sum(1)
@@ -184,6 +186,9 @@ def test_truncated_depth_is_settable_between_calls():
         runner.bptt_depth = -2
     with pytest.raises(ValueError, match="backprop"):
         runner.backprop = "magic"
+    runner.bptt_depth, runner.backprop = -1, "truncated"
+    with pytest.raises(ValueError, match="needs a depth"):
+        runner(ids, labels=labels)
 
 
 def test_replay_keeps_dropout_masks_identical_in_the_recomputation():
@@ -195,11 +200,12 @@ def test_replay_keeps_dropout_masks_identical_in_the_recomputation():
     runner = MemoryRunner(encoder, MEM, SEG, head=MLMHead(D, VOCAB, encoder.embed_tokens)).double()
     ids, labels = random_batch(2, 3)
     grads = {}
-    for mode in ("full", "replay"):
+    for mode in ("full", "checkpoint", "replay"):
         runner.backprop = mode
         torch.manual_seed(123)
         grads[mode] = param_grads(runner, lambda: runner(ids, labels=labels).loss)
     assert_grads_close(grads["replay"], grads["full"])
+    assert_grads_close(grads["checkpoint"], grads["full"])
 
 
 def test_encoder_config_rejects_bad_values_by_key():

@@ -1,13 +1,14 @@
-"""rmt-train: masked-LM training of a recurrent-memory DNA encoder (a Hydra app).
+"""rmt-train: training of a recurrent-memory DNA encoder (a Hydra app).
 
     rmt-train                                   # tiny model, bundled E. coli, 1 -> 2 -> 4 segments
     rmt-train model=small memory.num_tokens=16 trainer.max_steps=2000
     rmt-train -m memory.num_tokens=4,8,16       # one run directory per job
+    rmt-train experiment=memorize               # the long-range memorize task
 
-The run directory gets `metrics.jsonl` (one line per logged step and evaluation),
-`checkpoints/` (safetensors + config + tokenizer + trainer state) and `eval.json`
-(held-out MLM loss and accuracy before and after training). Rerunning into an
-existing run directory resumes from its latest checkpoint.
+The run directory gets `metrics.jsonl` (one line per logged step, evaluation and
+curriculum transition), `checkpoints/` (safetensors + config + tokenizer + trainer
+state) and the task's report (`eval.json` for MLM). Rerunning into an existing run
+directory resumes from its latest checkpoint.
 """
 
 from __future__ import annotations
@@ -26,15 +27,14 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_model as load_weights
 from tqdm import tqdm
 
-from curriculum import Schedule, build_schedule
-from data import MLMBatches
+from curriculum import build_curriculum, step_plan
 from data.tokenizers import DNATokenizer
 from rmt.checkpoint import build_runner, resolve_checkpoint, save_checkpoint, write_latest
-from rmt.cli import MetricsLog, autocast_dtype, pick_device, user_errors, write_json
+from rmt.cli import MetricsLog, autocast_dtype, pick_device, user_errors
 from rmt.data_config import heldout_regions, make_genome, make_tokenizer
 from rmt.encoder import EncoderConfig
-from rmt.evaluate import evaluate, unigram_log_probs
 from rmt.runner import MemoryRunner
+from rmt.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,33 @@ def make_runner(cfg: DictConfig, tokenizer: DNATokenizer) -> MemoryRunner:
     )
 
 
-def make_optimizer(runner: MemoryRunner, t: DictConfig, max_steps: int):
+def make_task(
+    cfg: DictConfig, runner: MemoryRunner, tokenizer, genome, heldout, device, amp
+) -> Task:
+    """The configured task (`task.name`), built from the shared data objects."""
+    t, name = cfg.trainer, cfg.task.name
+    if name == "mlm":
+        from rmt.tasks.mlm import MLMTask
+
+        return MLMTask(
+            genome, tokenizer, heldout, mask_prob=cfg.data.mask_prob, rc_prob=cfg.data.rc_prob,
+            seed=cfg.seed, eval_batch_size=t.eval_batch_size, eval_max_tokens=t.eval_max_tokens,
+            device=device, amp=amp,
+        )  # fmt: skip
+    if name == "memorize":
+        from rmt.tasks.memorize import MemorizeTask
+
+        options = {k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"}
+        return MemorizeTask(
+            runner, genome, tokenizer, heldout, seed=cfg.seed, device=device, amp=amp, **options
+        )
+    raise ValueError(f"task.name={name!r}; choose mlm or memorize")
+
+
+def make_optimizer(params: list[tuple[str, torch.nn.Parameter]], t: DictConfig, max_steps: int):
     """AdamW (no decay on norms, biases and memory) with linear warm-up and cosine decay."""
-    decay = [p for n, p in runner.named_parameters() if p.ndim >= 2 and n != "memory"]
-    no_decay = [p for n, p in runner.named_parameters() if p.ndim < 2 or n == "memory"]
+    decay = [p for n, p in params if p.ndim >= 2 and n != "memory"]
+    no_decay = [p for n, p in params if p.ndim < 2 or n == "memory"]
     optimizer = torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": t.weight_decay},
@@ -85,6 +108,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def micro_batches(segments: int, segment_tokens: int, t: DictConfig) -> list[int]:
+    """Micro-batch sizes of one optimizer step: a constant token budget, or a fixed batch."""
+    if t.tokens_per_step is None:
+        return [t.batch_size]
+    return step_plan(segments, segment_tokens, t.tokens_per_step, t.micro_batch_tokens)
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train as configured, writing everything into `run_dir`; returns the final metrics."""
     run_dir = Path(run_dir)
@@ -100,124 +130,100 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     genome = make_genome(cfg.data, heldout)
     tokenizer = make_tokenizer(cfg.tokenizer, genome, run_dir)
     runner = make_runner(cfg, tokenizer).to(device)
-    schedule: Schedule = build_schedule(OmegaConf.to_container(cfg.curriculum))
-    max_steps = t.max_steps or schedule.total_steps
-    optimizer, lr_schedule = make_optimizer(runner, t, max_steps)
-    batches = MLMBatches(
-        genome, tokenizer, mask_prob=cfg.data.mask_prob, rc_prob=cfg.data.rc_prob, seed=cfg.seed
-    )
-    eval_batches = MLMBatches(
-        genome, tokenizer, mask_prob=cfg.data.mask_prob, bp_per_token=batches.bp_per_token
-    )
-    eval_segments = schedule.max_segments
-    unigram = unigram_log_probs(tokenizer, genome) if heldout else None
-
-    def run_eval() -> dict:
-        return evaluate(
-            runner,
-            eval_batches,
-            heldout,
-            eval_segments,
-            t.eval_batch_size,
-            t.eval_max_tokens,
-            device,
-            amp,
-            unigram,
-        )
+    task = make_task(cfg, runner, tokenizer, genome, heldout, device, amp).to(device)
+    curriculum = build_curriculum(OmegaConf.to_container(cfg.curriculum), seed=cfg.seed)
+    max_steps = t.max_steps or curriculum.total_steps
+    params = [*runner.named_parameters(), *(("task." + n, p) for n, p in task.named_parameters())]
+    optimizer, lr_schedule = make_optimizer(params, t, max_steps)
 
     checkpoints = run_dir / "checkpoints"
-    step, initial_eval = 0, None
+    initial_eval = None
     if t.resume and (checkpoints / "latest").is_file():
         latest = resolve_checkpoint(run_dir)
         state = torch.load(latest / "trainer_state.pt", weights_only=False)
         load_weights(runner, str(latest / "model.safetensors"), device=str(device))
+        task.load_state_dict(state["task"])
         optimizer.load_state_dict(state["optimizer"])
         lr_schedule.load_state_dict(state["lr_schedule"])
-        batches.load_state_dict(state["batches"])
+        curriculum.load_state_dict(state["curriculum"])
+        task.load_data_state(state["data"])
         torch.set_rng_state(state["torch_rng"])
-        step, initial_eval = state["step"], state["initial_eval"]
+        initial_eval = state["initial_eval"]
 
     metrics = MetricsLog(run_dir / "metrics.jsonl")
-    if initial_eval is None and heldout:
-        initial_eval = run_eval()
-        metrics.write({"step": 0, "split": "eval", **initial_eval})
+    if initial_eval is None:
+        initial_eval = task.evaluate(runner, curriculum.max_segments) or None
+        if initial_eval:
+            metrics.write({"step": 0, "split": "eval", **initial_eval})
 
     def save() -> None:
-        name = f"step-{step:08d}"
+        name = f"step-{curriculum.step:08d}"
         trainer_state = {
-            "step": step,
+            "step": curriculum.step,
             "optimizer": optimizer.state_dict(),
             "lr_schedule": lr_schedule.state_dict(),
-            "batches": batches.state_dict(),
+            "curriculum": curriculum.state_dict(),
+            "task": task.state_dict(),
+            "data": task.data_state(),
             "torch_rng": torch.get_rng_state(),
             "initial_eval": initial_eval,
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
-        save_checkpoint(checkpoints / name, runner, tokenizer, trainer_state, {"step": step})
+        save_checkpoint(
+            checkpoints / name, runner, tokenizer, trainer_state, {"step": curriculum.step}
+        )
         write_latest(checkpoints, name, t.keep_checkpoints)
 
     runner.train()
-    last_eval = None
-    progress = tqdm(
-        total=max_steps, initial=step, disable=not t.progress, desc="train", unit="step"
-    )
-    while step < max_steps:
-        stage = schedule.stage_index(step)
-        segments = schedule.stages[stage].segments
-        batch = batches.sample(t.batch_size, segments * runner.segment_tokens)
-        ids, mask, labels = (
-            x.to(device) for x in (batch.input_ids, batch.attention_mask, batch.labels)
-        )
+    all_params = [p for _, p in params]
+    progress = tqdm(total=max_steps, initial=curriculum.step, disable=not t.progress, desc="train")
+    while curriculum.step < max_steps and not curriculum.done:
+        segments = curriculum.sample_segments()
+        plan = micro_batches(segments, runner.segment_tokens, t)
         start = time.perf_counter()
-        with torch.autocast(device.type, amp, enabled=amp is not None):
-            out = runner(ids, mask, labels)
-        out.loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(runner.parameters(), t.grad_clip)
+        loss, tokens, seg_losses = 0.0, 0, np.zeros(segments)
+        for size in plan:
+            part = task.step_loss(runner, size, segments)
+            (part.loss * (size / sum(plan))).backward()
+            loss += part.loss.item() * size / sum(plan)
+            tokens += part.tokens
+            if part.segment_losses is not None:
+                seg_losses += np.asarray(part.segment_losses) * size / sum(plan)
+        grad_norm = torch.nn.utils.clip_grad_norm_(all_params, t.grad_clip)
         optimizer.step()
         lr_schedule.step()
         optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - start
-        step += 1
-        loss = out.loss.item()
-        tokens_per_s = float(mask.sum()) / elapsed
+        stage = curriculum.stage
+        transitions = [curriculum.step_done()]
+        step = curriculum.step
         progress.update(1)
-        progress.set_postfix(loss=f"{loss:.3f}", segments=segments, tok_s=f"{tokens_per_s:,.0f}")
+        progress.set_postfix(
+            loss=f"{loss:.3f}", segments=segments, tok_s=f"{tokens / elapsed:,.0f}"
+        )
         if step % t.log_every == 0 or step == max_steps:
-            metrics.write(
-                {
-                    "step": step,
-                    "split": "train",
-                    "stage": stage,
-                    "segments": segments,
-                    "loss": loss,
-                    "segment_losses": out.segment_losses.tolist(),
-                    "tokens_per_s": tokens_per_s,
-                    "step_time_s": elapsed,
-                    "lr": lr_schedule.get_last_lr()[0],
-                    "grad_norm": float(grad_norm),
-                }
-            )
-        if heldout and (step % t.eval_every == 0 or step == max_steps):
-            last_eval = (step, run_eval())
-            metrics.write({"step": step, "split": "eval", **last_eval[1]})
-        if step % t.save_every == 0 or step == max_steps:
+            metrics.write({
+                "step": step, "split": "train", "stage": stage, "segments": segments,
+                "samples": sum(plan), "micro_batches": len(plan), "loss": loss,
+                "segment_losses": seg_losses.tolist(), "tokens": tokens,
+                "tokens_per_s": tokens / elapsed, "step_time_s": elapsed,
+                "lr": lr_schedule.get_last_lr()[0], "grad_norm": float(grad_norm),
+            })  # fmt: skip
+        if step % t.eval_every == 0 and step < max_steps and not curriculum.done:
+            result = task.evaluate(runner, curriculum.segments)
+            metrics.write({"step": step, "split": "eval", **result})
+            transitions.append(curriculum.observe(result))
+        for transition in filter(None, transitions):
+            metrics.write({"split": "curriculum", **transition})
+            log.info("curriculum: %s", transition)
+        if step % t.save_every == 0 or step == max_steps or curriculum.done:
             save()
     progress.close()
 
-    result = {"steps": step}
-    if heldout:
-        final_eval = last_eval[1] if last_eval and last_eval[0] == step else run_eval()
-        result.update({"eval_loss": final_eval["loss"], "eval_accuracy": final_eval["accuracy"]})
-        write_json(
-            run_dir / "eval.json",
-            {
-                "regions": [str(r) for r in heldout],
-                "initial": initial_eval,
-                "final": final_eval,
-            },
-        )
+    result = {"steps": curriculum.step, **task.report(runner, run_dir, initial_eval)}
+    metrics.write({"step": curriculum.step, "split": "final", **result})
     metrics.close()
-    log.info("finished %d steps; results in %s: %s", step, run_dir, result)
+    log.info("finished %d steps; results in %s: %s", curriculum.step, run_dir, result)
     return result
 
 

@@ -28,7 +28,8 @@ FAST = [
     "memory.num_tokens=4",
     "memory.segment_tokens=32",
     "curriculum.stages=[{segments: 1, steps: 3}, {segments: 2, steps: 3}]",
-    "trainer.batch_size=4",
+    "trainer.tokens_per_step=256",
+    "trainer.micro_batch_tokens=128",
     "trainer.warmup_steps=2",
     "trainer.log_every=1",
     "trainer.eval_every=3",
@@ -44,7 +45,7 @@ def compose_config(name: str = "train", overrides=()):
 
 
 @pytest.mark.parametrize("model", ["tiny", "small", "base"])
-@pytest.mark.parametrize("curriculum", ["short", "doubling"])
+@pytest.mark.parametrize("curriculum", ["short", "doubling", "threshold"])
 def test_train_configs_compose(model, curriculum):
     cfg = compose_config(overrides=[f"model={model}", f"curriculum={curriculum}"])
     assert cfg.model.d_model == {"tiny": 256, "small": 512, "base": 768}[model]
@@ -56,6 +57,7 @@ def test_default_config_trains_on_the_bundled_genome_with_a_short_schedule():
     cfg = compose_config()
     assert list(cfg.data.fasta) == ["bundled:ecoli"]
     assert [s["segments"] for s in cfg.curriculum.stages] == [1, 2, 4]
+    assert cfg.task.name == "mlm"
     assert bundled_genome("ecoli").is_file()
 
 
@@ -71,8 +73,18 @@ def test_training_writes_metrics_checkpoints_and_eval(tmp_path):
     assert [r["segments"] for r in steps] == [1, 1, 1, 2, 2, 2]
     assert all(len(r["segment_losses"]) == r["segments"] for r in steps)
     assert all(r["tokens_per_s"] > 0 for r in steps)
+    # The token budget is constant across stages: 8 one-segment or 4 two-segment samples.
+    assert all(r["samples"] * r["segments"] * 32 == 256 for r in steps)
+    assert all(r["micro_batches"] == 2 and 0 < r["tokens"] <= 256 for r in steps)
     evals = [r for r in records if r["split"] == "eval"]
-    assert [r["step"] for r in evals] == [0, 3, 6]
+    assert [r["step"] for r in evals] == [0, 3]
+    transitions = [r for r in records if r["split"] == "curriculum"]
+    assert transitions == [
+        {"split": "curriculum", "step": 3, "from_stage": 0, "to_stage": 1, "segments": 2,
+         "reason": "steps"}
+    ]  # fmt: skip
+    final = [r for r in records if r["split"] == "final"]
+    assert final[0]["eval_loss"] == pytest.approx(result["eval_loss"])
     summary = json.loads((tmp_path / "eval.json").read_text())
     assert summary["final"]["loss"] == pytest.approx(result["eval_loss"])
     assert summary["initial"]["masked_tokens"] > 0

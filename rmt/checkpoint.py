@@ -18,8 +18,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model as load_safetensors
-from safetensors.torch import save_model as save_safetensors
+from safetensors.torch import load_file, save_file
 
 from data import DNATokenizer, load_tokenizer
 from data.atomic import atomic_path
@@ -38,6 +37,38 @@ def build_runner(encoder_config: EncoderConfig, runner_config: dict) -> MemoryRu
     return MemoryRunner(encoder, head=head, **runner_config)
 
 
+def _unique_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each tied tensor once (under its first name), as fresh copies.
+
+    Copies, because engines like DeepSpeed keep parameters as views into one flat buffer,
+    which safetensors refuses to write as it stands.
+    """
+    seen, out = set(), {}
+    for name, tensor in module.state_dict().items():
+        key = (tensor.data_ptr(), tuple(tensor.shape))
+        if key not in seen:
+            seen.add(key)
+            out[name] = tensor.detach().to("cpu", copy=True).contiguous()
+    return out
+
+
+def load_weights(module: torch.nn.Module, path: str | os.PathLike, device="cpu") -> None:
+    """Load `_unique_tensors` output back; names left out must be ties of loaded ones."""
+    state = load_file(str(path), device=str(device))
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    current = module.state_dict()
+
+    def storage(name: str) -> tuple:
+        return current[name].data_ptr(), tuple(current[name].shape)
+
+    loaded = {storage(name) for name in state if name in current}
+    untied = [name for name in missing if storage(name) not in loaded]
+    if untied or unexpected:
+        raise ValueError(
+            f"{path}: weights do not match the model (missing {untied}, unexpected {unexpected})"
+        )
+
+
 def runner_config(runner: MemoryRunner) -> dict:
     return {key: getattr(runner, key) for key in RUNNER_KEYS}
 
@@ -54,7 +85,7 @@ def save_checkpoint(
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        save_safetensors(runner, str(tmp / "model.safetensors"))
+        save_file(_unique_tensors(runner), str(tmp / "model.safetensors"))
         tokenizer.save(tmp / "tokenizer.json")
         config = {
             "format": FORMAT,
@@ -67,6 +98,7 @@ def save_checkpoint(
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer_state.pt")
+        _readable(tmp)
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)
@@ -74,6 +106,15 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def _readable(directory: Path) -> None:
+    """Give a temp directory the permissions a normally created one would have."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for path in directory.iterdir():
+        path.chmod(0o666 & ~umask)
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -103,7 +144,7 @@ def load_model(
         )
     encoder_config = EncoderConfig.from_dict(config["encoder"])
     runner = build_runner(encoder_config, config["runner"])
-    load_safetensors(runner, str(ckpt / "model.safetensors"), device=str(device))
+    load_weights(runner, ckpt / "model.safetensors", device)
     runner.to(device).eval()
     return runner, load_tokenizer(ckpt / config["tokenizer"])
 

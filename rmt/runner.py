@@ -66,6 +66,21 @@ class SegmentOutput:
     memory: torch.Tensor
 
 
+class LearnedMemory(nn.Module):
+    """The m learned memory vectors the first segment reads.
+
+    A module of its own (not a bare parameter of the runner) so that engines which
+    gather parameters around each module's forward, like DeepSpeed ZeRO-3, see it.
+    """
+
+    def __init__(self, num_tokens: int, d_model: int, std: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_tokens, d_model) * std)
+
+    def forward(self, batch_size: int) -> torch.Tensor:
+        return repeat(self.weight, "m d -> b m d", b=batch_size)
+
+
 class MemoryRunner(nn.Module):
     """Wraps an `Encoder` (and optionally an `MLMHead`) into a recurrent memory model."""
 
@@ -92,8 +107,9 @@ class MemoryRunner(nn.Module):
         self.bptt_depth = bptt_depth
         self.loss_on = loss_on
         self.backprop = backprop
-        d = encoder.config.d_model
-        self.memory = nn.Parameter(torch.randn(num_memory_tokens, d) * encoder.config.init_std)
+        self.memory = LearnedMemory(
+            num_memory_tokens, encoder.config.d_model, encoder.config.init_std
+        )
 
     # -- settable knobs, validated on every assignment ------------------------------
     @property
@@ -129,7 +145,7 @@ class MemoryRunner(nn.Module):
     # -- streaming API --------------------------------------------------------------
     def init_memory(self, batch_size: int) -> torch.Tensor:
         """The learned initial memory, one copy per sample: (batch, m, d)."""
-        return repeat(self.memory, "m d -> b m d", b=batch_size)
+        return self.memory(batch_size)
 
     def step(
         self,
@@ -243,8 +259,10 @@ class MemoryRunner(nn.Module):
 
     def _forward_sweep(self, segments, return_hidden):
         hiddens: list[torch.Tensor] = []
+        initial = self.memory.weight
+        params = [p for p in self.parameters() if p.requires_grad and p is not initial]
         loss, seg_sums, counts, memory = _SegmentSweep.apply(
-            self, segments, hiddens, return_hidden, self.memory
+            self, segments, hiddens, return_hidden, initial, *params
         )
         hidden = torch.cat(hiddens, 1) if return_hidden else None
         return RunnerOutput(loss, seg_sums / counts.clamp(min=1), counts, memory, hidden)
@@ -263,7 +281,7 @@ class _SegmentSweep(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, runner: MemoryRunner, segments, hiddens, return_hidden, memory_param):
+    def forward(ctx, runner: MemoryRunner, segments, hiddens, return_hidden, memory_param, *params):
         replay = runner.backprop in RECOMPUTING
         batch = segments[0][0].shape[0]
         memory = runner.init_memory(batch).detach()
@@ -291,13 +309,17 @@ class _SegmentSweep(torch.autograd.Function):
         sums_t, counts_t = torch.stack(sums), torch.stack(counts)
         weights = runner._loss_weights(counts_t, sums_t.dtype)
         ctx.runner, ctx.segments, ctx.saved, ctx.weights = runner, segments, saved, weights
+        ctx.params = params
         ctx.mark_non_differentiable(sums_t, counts_t)
         return (weights * sums_t).sum(), sums_t, counts_t, memory.detach()
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_sums, _grad_counts, _grad_memory):
-        runner, depth = ctx.runner, ctx.runner.bptt_depth
-        params = [p for p in runner.parameters() if p.requires_grad and p is not runner.memory]
+        depth, params = ctx.runner.bptt_depth, ctx.params
+        # Parameter gradients are summed here and returned once, as this Function's input
+        # gradients: every parameter then accumulates exactly once per backward, which is
+        # what DDP's and ZeRO's gradient hooks expect.
+        totals: list[torch.Tensor | None] = [None] * len(params)
         streams: list[tuple[int, torch.Tensor]] = []  # (loss index t, cotangent on mem_out)
         for j in reversed(range(len(ctx.segments))):
             mem_in, new_memory, loss_sum = _segment_graph(ctx, j)
@@ -309,7 +331,7 @@ class _SegmentSweep(torch.autograd.Function):
                     [loss_sum, new_memory], [mem_in, *params], [w, mem_grad], allow_unused=True
                 )
                 streams = [(j, grads[0])]
-                _accumulate(params, grads[1:])
+                _accumulate(totals, grads[1:])
                 continue
             moved = [
                 (t, torch.autograd.grad(new_memory, mem_in, c, retain_graph=True)[0])
@@ -319,12 +341,12 @@ class _SegmentSweep(torch.autograd.Function):
             grads = torch.autograd.grad(
                 [loss_sum, new_memory], params, [w, mem_grad], allow_unused=True
             )
-            _accumulate(params, grads)
+            _accumulate(totals, grads)
             streams = [*moved, (j, own if own is not None else torch.zeros_like(mem_in))]
         reaching = [c for t, c in streams if depth < 0 or t <= depth]
         grad_memory = sum(c.sum(0) for c in reaching) if reaching else None
-        ctx.saved = ctx.segments = None
-        return None, None, None, None, grad_memory
+        ctx.saved = ctx.segments = ctx.params = None
+        return None, None, None, None, grad_memory, *totals
 
 
 def _segment_graph(ctx, j: int):
@@ -338,10 +360,10 @@ def _segment_graph(ctx, j: int):
     return mem_in, new_memory, loss_sum
 
 
-def _accumulate(params, grads) -> None:
-    for p, g in zip(params, grads, strict=True):
+def _accumulate(totals: list, grads) -> None:
+    for i, g in enumerate(grads):
         if g is not None:
-            p.grad = g if p.grad is None else p.grad + g
+            totals[i] = g if totals[i] is None else totals[i] + g
 
 
 def _rng_state(device: torch.device):

@@ -24,16 +24,29 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_model as load_weights
 from tqdm import tqdm
 
 from curriculum import build_curriculum, step_plan
 from data.tokenizers import DNATokenizer
-from rmt.checkpoint import build_runner, resolve_checkpoint, save_checkpoint, write_latest
+from rmt.checkpoint import (
+    build_runner,
+    resolve_checkpoint,
+    save_checkpoint,
+    write_latest,
+)
 from rmt.cli import MetricsLog, autocast_dtype, pick_device, user_errors
 from rmt.data_config import heldout_regions, make_genome, make_tokenizer
 from rmt.encoder import EncoderConfig
 from rmt.runner import MemoryRunner
+from rmt.strategy import (
+    TrainModule,
+    World,
+    all_reduce_mean,
+    barrier,
+    init_world,
+    local_device,
+    make_strategy,
+)
 from rmt.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -82,8 +95,8 @@ def make_task(
 
 def make_optimizer(params: list[tuple[str, torch.nn.Parameter]], t: DictConfig, max_steps: int):
     """AdamW (no decay on norms, biases and memory) with linear warm-up and cosine decay."""
-    decay = [p for n, p in params if p.ndim >= 2 and n != "memory"]
-    no_decay = [p for n, p in params if p.ndim < 2 or n == "memory"]
+    decay = [p for n, p in params if p.ndim >= 2 and not n.endswith("runner.memory.weight")]
+    no_decay = [p for n, p in params if p.ndim < 2 or n.endswith("runner.memory.weight")]
     optimizer = torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": t.weight_decay},
@@ -108,92 +121,116 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def micro_batches(segments: int, segment_tokens: int, t: DictConfig) -> list[int]:
-    """Micro-batch sizes of one optimizer step: a constant token budget, or a fixed batch."""
+def micro_batches(segments: int, segment_tokens: int, t: DictConfig, world: World) -> list[int]:
+    """Global micro-batch sizes of one optimizer step: a constant token budget, or a fixed
+    batch. Each micro-batch is shared by all ranks, so it needs a sample per rank."""
     if t.tokens_per_step is None:
-        return [t.batch_size]
-    return step_plan(segments, segment_tokens, t.tokens_per_step, t.micro_batch_tokens)
+        plan = [t.batch_size]
+    else:
+        plan = step_plan(segments, segment_tokens, t.tokens_per_step, t.micro_batch_tokens)
+    if min(plan) < world.world_size:
+        raise ValueError(
+            f"a micro-batch of {min(plan)} samples at {segments} segments cannot feed "
+            f"{world.world_size} ranks: raise trainer.tokens_per_step (or trainer.batch_size)"
+        )
+    return plan
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train as configured, writing everything into `run_dir`; returns the final metrics."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     t = cfg.trainer
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # the same model initialisation on every rank
     if t.threads:
         torch.set_num_threads(t.threads)
     device = pick_device(t.device)
+    world = init_world(device)
+    device = local_device(t.device, world)
     amp = autocast_dtype(t.precision, device)
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
 
     heldout = heldout_regions(cfg.data)
     genome = make_genome(cfg.data, heldout)
-    tokenizer = make_tokenizer(cfg.tokenizer, genome, run_dir)
+    if world.is_main:
+        tokenizer = make_tokenizer(cfg.tokenizer, genome, run_dir)
+    barrier(world)  # other ranks load the tokenizer rank 0 trained
+    if not world.is_main:
+        tokenizer = make_tokenizer(cfg.tokenizer, genome, run_dir)
     runner = make_runner(cfg, tokenizer).to(device)
     task = make_task(cfg, runner, tokenizer, genome, heldout, device, amp).to(device)
+    task.set_shard(world.rank, world.world_size)
+    module = TrainModule(runner, task)
     curriculum = build_curriculum(OmegaConf.to_container(cfg.curriculum), seed=cfg.seed)
     max_steps = t.max_steps or curriculum.total_steps
-    params = [*runner.named_parameters(), *(("task." + n, p) for n, p in task.named_parameters())]
-    optimizer, lr_schedule = make_optimizer(params, t, max_steps)
+    optimizer, lr_schedule = make_optimizer(list(module.named_parameters()), t, max_steps)
+    strategy = make_strategy(module, optimizer, lr_schedule, t, world)
 
     checkpoints = run_dir / "checkpoints"
     initial_eval = None
     if t.resume and (checkpoints / "latest").is_file():
         latest = resolve_checkpoint(run_dir)
         state = torch.load(latest / "trainer_state.pt", weights_only=False)
-        load_weights(runner, str(latest / "model.safetensors"), device=str(device))
-        task.load_state_dict(state["task"])
-        optimizer.load_state_dict(state["optimizer"])
-        lr_schedule.load_state_dict(state["lr_schedule"])
+        strategy.load(state, latest)
         curriculum.load_state_dict(state["curriculum"])
         task.load_data_state(state["data"])
         torch.set_rng_state(state["torch_rng"])
         initial_eval = state["initial_eval"]
 
-    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    metrics = MetricsLog(run_dir / "metrics.jsonl") if world.is_main else None
+
+    def record(entry: dict) -> None:
+        if metrics is not None:
+            metrics.write(entry)
+
     if initial_eval is None:
         initial_eval = task.evaluate(runner, curriculum.max_segments) or None
         if initial_eval:
-            metrics.write({"step": 0, "split": "eval", **initial_eval})
+            record({"step": 0, "split": "eval", **initial_eval})
 
     def save() -> None:
         name = f"step-{curriculum.step:08d}"
-        trainer_state = {
-            "step": curriculum.step,
-            "optimizer": optimizer.state_dict(),
-            "lr_schedule": lr_schedule.state_dict(),
-            "curriculum": curriculum.state_dict(),
-            "task": task.state_dict(),
-            "data": task.data_state(),
-            "torch_rng": torch.get_rng_state(),
-            "initial_eval": initial_eval,
-            "config": OmegaConf.to_container(cfg, resolve=True),
-        }
-        save_checkpoint(
-            checkpoints / name, runner, tokenizer, trainer_state, {"step": curriculum.step}
-        )
-        write_latest(checkpoints, name, t.keep_checkpoints)
+        with strategy.gathered():
+            if world.is_main:
+                trainer_state = {
+                    "step": curriculum.step,
+                    **strategy.state_dict(),
+                    "curriculum": curriculum.state_dict(),
+                    "task": task.state_dict(),
+                    "data": task.data_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "initial_eval": initial_eval,
+                    "config": OmegaConf.to_container(cfg, resolve=True),
+                }
+                meta = {"step": curriculum.step}
+                save_checkpoint(checkpoints / name, runner, tokenizer, trainer_state, meta)
+        barrier(world)
+        strategy.save_sharded(checkpoints / name)
+        barrier(world)
+        if world.is_main:  # `latest` moves only once every rank's part is written
+            write_latest(checkpoints, name, t.keep_checkpoints)
 
     runner.train()
-    all_params = [p for _, p in params]
-    progress = tqdm(total=max_steps, initial=curriculum.step, disable=not t.progress, desc="train")
+    progress = tqdm(
+        total=max_steps, initial=curriculum.step, disable=not (t.progress and world.is_main)
+    )
     while curriculum.step < max_steps and not curriculum.done:
         segments = curriculum.sample_segments()
-        plan = micro_batches(segments, runner.segment_tokens, t)
+        plan = micro_batches(segments, runner.segment_tokens, t, world)
         start = time.perf_counter()
-        loss, tokens, seg_losses = 0.0, 0, np.zeros(segments)
-        for size in plan:
-            part = task.step_loss(runner, size, segments)
-            (part.loss * (size / sum(plan))).backward()
-            loss += part.loss.item() * size / sum(plan)
+        loss, tokens, seg_losses = 0.0, 0, None
+        for i, size in enumerate(plan):
+            weight = size / sum(plan)
+            part = strategy.micro_step(size, segments, weight, last=i == len(plan) - 1)
+            loss += part.loss.item() * weight / world.world_size
             tokens += part.tokens
             if part.segment_losses is not None:
-                seg_losses += np.asarray(part.segment_losses) * size / sum(plan)
-        grad_norm = torch.nn.utils.clip_grad_norm_(all_params, t.grad_clip)
-        optimizer.step()
-        lr_schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+                share = np.asarray(part.segment_losses) * weight
+                seg_losses = share if seg_losses is None else seg_losses + share
+        grad_norm = strategy.step()
         elapsed = time.perf_counter() - start
+        loss = all_reduce_mean(loss, world) * world.world_size
+        tokens = round(all_reduce_mean(tokens, world) * world.world_size)
         stage = curriculum.stage
         transitions = [curriculum.step_done()]
         step = curriculum.step
@@ -202,27 +239,28 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             loss=f"{loss:.3f}", segments=segments, tok_s=f"{tokens / elapsed:,.0f}"
         )
         if step % t.log_every == 0 or step == max_steps:
-            metrics.write({
+            record({
                 "step": step, "split": "train", "stage": stage, "segments": segments,
                 "samples": sum(plan), "micro_batches": len(plan), "loss": loss,
-                "segment_losses": seg_losses.tolist(), "tokens": tokens,
-                "tokens_per_s": tokens / elapsed, "step_time_s": elapsed,
-                "lr": lr_schedule.get_last_lr()[0], "grad_norm": float(grad_norm),
+                "segment_losses": None if seg_losses is None else seg_losses.tolist(),
+                "tokens": tokens, "tokens_per_s": tokens / elapsed, "step_time_s": elapsed,
+                "lr": strategy.lr, "grad_norm": grad_norm,
             })  # fmt: skip
         if step % t.eval_every == 0 and step < max_steps and not curriculum.done:
             result = task.evaluate(runner, curriculum.segments)
-            metrics.write({"step": step, "split": "eval", **result})
+            record({"step": step, "split": "eval", **result})
             transitions.append(curriculum.observe(result))
         for transition in filter(None, transitions):
-            metrics.write({"split": "curriculum", **transition})
+            record({"split": "curriculum", **transition})
             log.info("curriculum: %s", transition)
         if step % t.save_every == 0 or step == max_steps or curriculum.done:
             save()
     progress.close()
 
     result = {"steps": curriculum.step, **task.report(runner, run_dir, initial_eval)}
-    metrics.write({"step": curriculum.step, "split": "final", **result})
-    metrics.close()
+    record({"step": curriculum.step, "split": "final", **result})
+    if metrics is not None:
+        metrics.close()
     log.info("finished %d steps; results in %s: %s", curriculum.step, run_dir, result)
     return result
 

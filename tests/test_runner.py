@@ -163,7 +163,7 @@ def test_gradient_of_a_segment_loss_reaches_exactly_k_transitions(depth):
         rows = grads["encoder.embed_tokens.weight"][5 : 5 + segments].abs().sum(1)
         reached = [j for j in range(segments) if rows[j] > 0]
         assert reached == list(range(max(0, t - depth), t + 1)), backprop
-        assert (grads["memory"].abs().sum() > 0) == (t <= depth)
+        assert (grads["memory.weight"].abs().sum() > 0) == (t <= depth)
 
 
 def test_depth_at_least_segments_minus_one_is_full_bptt():
@@ -181,7 +181,7 @@ def test_truncated_depth_is_settable_between_calls():
     full = param_grads(runner, lambda: runner(ids, labels=labels).loss)
     runner.bptt_depth = 1
     truncated = param_grads(runner, lambda: runner(ids, labels=labels).loss)
-    assert (full["memory"] - truncated["memory"]).abs().max() > 0
+    assert (full["memory.weight"] - truncated["memory.weight"]).abs().max() > 0
     with pytest.raises(ValueError, match="bptt_depth"):
         runner.bptt_depth = -2
     with pytest.raises(ValueError, match="backprop"):

@@ -126,7 +126,11 @@ def test_resume_continues_the_same_loss_trajectory(tmp_path):
     train(compose_config(overrides=FAST), killed)
     want = [r for r in read_metrics(straight) if r["split"] == "train"]
     got = [r for r in read_metrics(killed) if r["split"] == "train"][len(want) :]
-    assert [r["step"] for r in got] == [4, 5, 6]
+    assert [(r["step"], r["stage"], r["segments"]) for r in got] == [
+        (4, 1, 2),
+        (5, 1, 2),
+        (6, 1, 2),
+    ]
     assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want[3:]], rel=1e-6)
     resumed_eval = json.loads((killed / "eval.json").read_text())
     assert resumed_eval == json.loads((straight / "eval.json").read_text())

@@ -27,10 +27,29 @@ class StepLoss:
 
 
 class Task(nn.Module):
-    """Base class: subclasses hold their extra trainable modules as submodules."""
+    """Base class: subclasses hold their extra trainable modules as submodules.
+
+    Data parallelism: every rank draws the same *global* micro-batch (one RNG stream,
+    so a run's data does not depend on the number of ranks) and trains on its slice,
+    `rows(n)`. Losses are scaled by `global_share` so that averaging gradients over
+    ranks gives exactly the gradient of the global batch's loss.
+    """
 
     #: evaluation metric names this task reports (the threshold curriculum reads them)
     metrics: tuple[str, ...] = ()
+    rank: int = 0
+    world_size: int = 1
+
+    def set_shard(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+
+    def rows(self, n: int) -> slice:
+        """This rank's rows of a global batch of n samples."""
+        return slice(self.rank, n, self.world_size)
+
+    def global_share(self, local: float, total: float) -> float:
+        """Scale for a local mean loss (over `local` items) to sum to the global mean."""
+        return local / max(total, 1) * self.world_size
 
     def step_loss(self, runner, batch_size: int, segments: int) -> StepLoss:
         raise NotImplementedError

@@ -42,10 +42,17 @@ class MLMTask(Task):
         self.unigram = unigram_log_probs(tokenizer, genome) if heldout else None
 
     def step_loss(self, runner: MemoryRunner, batch_size: int, segments: int) -> StepLoss:
-        batch = self.batches.sample(batch_size, segments * runner.segment_tokens).to(self.device)
+        batch = self.batches.sample(batch_size, segments * runner.segment_tokens)
+        rows = self.rows(batch_size)
+        ids, mask, labels = (
+            x[rows].to(self.device) for x in (batch.input_ids, batch.attention_mask, batch.labels)
+        )
         with torch.autocast(self.device.type, self.amp, enabled=self.amp is not None):
-            out = runner(batch.input_ids, batch.attention_mask, batch.labels)
-        return StepLoss(out.loss, int(batch.attention_mask.sum()), out.segment_losses.tolist())
+            out = runner(ids, mask, labels)
+        share = self.global_share(
+            float(out.segment_counts.sum()), float((batch.labels != -100).sum())
+        )
+        return StepLoss(out.loss * share, int(mask.sum()), out.segment_losses.tolist())
 
     def evaluate(self, runner: MemoryRunner, segments: int) -> dict:
         if not self.heldout:
@@ -59,10 +66,11 @@ class MLMTask(Task):
         if not self.heldout:
             return {}
         final = self.evaluate(runner, initial["segments"] if initial else 1)
-        write_json(
-            run_dir / "eval.json",
-            {"regions": [str(r) for r in self.heldout], "initial": initial, "final": final},
-        )
+        if self.rank == 0:  # every rank evaluates (ZeRO-3 needs them all); one writes
+            write_json(
+                run_dir / "eval.json",
+                {"regions": [str(r) for r in self.heldout], "initial": initial, "final": final},
+            )
         return {"eval_loss": final["loss"], "eval_accuracy": final["accuracy"]}
 
     def data_state(self) -> dict:

@@ -34,7 +34,7 @@ from rmt.checkpoint import (
     save_checkpoint,
     write_latest,
 )
-from rmt.cli import MetricsLog, autocast_dtype, pick_device, user_errors
+from rmt.cli import MetricsLog, autocast_dtype, pick_device, user_errors, write_json
 from rmt.data_config import heldout_regions, make_genome, make_tokenizer
 from rmt.encoder import EncoderConfig
 from rmt.runner import MemoryRunner
@@ -47,6 +47,7 @@ from rmt.strategy import (
     local_device,
     make_strategy,
 )
+from rmt.sweep_summary import STATUS_FILE
 from rmt.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -266,9 +267,25 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
 
 
 @hydra.main(config_path="pkg://conf", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> dict:
+def main(cfg: DictConfig) -> dict | float:
+    """The Hydra task: returns the final metrics, or `objective`'s value for a sweeper."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     with user_errors("rmt-train"):
-        return train(cfg, HydraConfig.get().runtime.output_dir)
+        try:
+            result = train(cfg, run_dir)
+        except BaseException as err:
+            write_json(
+                run_dir / STATUS_FILE, {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+            )
+            raise
+        write_json(run_dir / STATUS_FILE, {"status": "finished", **result})
+        if cfg.objective is not None:
+            if cfg.objective not in result:
+                raise ValueError(
+                    f"objective={cfg.objective!r} is not a final metric: {sorted(result)}"
+                )
+            return result[cfg.objective]
+        return result
 
 
 if __name__ == "__main__":

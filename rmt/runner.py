@@ -204,7 +204,9 @@ class MemoryRunner(nn.Module):
         )
         key_mask = None if mask is None else torch.cat([mask.new_ones(mask.shape[0], m), mask], 1)
         h = self.encoder.forward_embeddings(x, key_mask)
-        new_memory, hidden = h[:, :m], h[:, m:]
+        # A copy, not a view: a view would keep the whole segment's hidden states alive for
+        # as long as the memory lives (every segment of a replay forward, a whole stream).
+        new_memory, hidden = h[:, :m].clone(), h[:, m:]
         if mask is not None:  # a sample that has ended keeps its memory
             new_memory = torch.where(mask.any(1)[:, None, None], new_memory, memory)
         return new_memory, hidden

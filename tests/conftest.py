@@ -6,7 +6,7 @@ Everything decompressed or indexed goes into a per-session temporary cache, neve
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,10 +14,17 @@ import pytest
 from data import ECOLI_HELDOUT, BPETokenizer, Genome, bundled_genome
 
 
-@pytest.fixture(scope="session")
-def fasta_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Session-wide FASTA cache directory (decompressed bundled genomes live here)."""
-    return tmp_path_factory.mktemp("fasta-cache")
+@pytest.fixture(scope="session", autouse=True)
+def fasta_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Session-wide FASTA cache directory (decompressed bundled genomes live here).
+
+    Also the default cache of everything the tests run, subprocesses included, so a
+    test run never writes into ~/.cache.
+    """
+    cache = tmp_path_factory.mktemp("fasta-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RMT_CACHE_DIR", str(cache))
+        yield cache
 
 
 @pytest.fixture(scope="session")

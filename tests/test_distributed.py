@@ -10,25 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-FAST = [
-    "data=lambda",
-    "tokenizer.vocab_size=256",
-    "model.d_model=64",
-    "model.n_layers=2",
-    "model.n_heads=2",
-    "memory.num_tokens=4",
-    "memory.segment_tokens=32",
-    "curriculum.stages=[{segments: 1, steps: 3}, {segments: 2, steps: 3}]",
-    "trainer.tokens_per_step=256",
-    "trainer.micro_batch_tokens=128",
-    "trainer.warmup_steps=2",
-    "trainer.log_every=1",
-    "trainer.eval_every=3",
-    "trainer.save_every=3",
-    "trainer.eval_max_tokens=2048",
-    "trainer.progress=false",
-]
+from fast_config import FAST_TRAIN
 
 
 def free_port() -> int:
@@ -40,7 +22,13 @@ def free_port() -> int:
 def train_run(run_dir: Path, *overrides: str, nproc: int = 1) -> None:
     launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
     launcher += [f"--master_port={free_port()}"]
-    cmd = [*(launcher if nproc > 1 else [sys.executable]), "-m", "rmt.train", *FAST, *overrides]
+    cmd = [
+        *(launcher if nproc > 1 else [sys.executable]),
+        "-m",
+        "rmt.train",
+        *FAST_TRAIN,
+        *overrides,
+    ]
     proc = subprocess.run(
         [*cmd, f"hydra.run.dir={run_dir}"], capture_output=True, text=True, timeout=600
     )

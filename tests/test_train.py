@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fast_config import FAST_TRAIN
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
@@ -19,24 +20,6 @@ from rmt import load_model
 from rmt.train import train
 
 # A run small enough for seconds on 2 cores: phage lambda, a narrow model, short segments.
-FAST = [
-    "data=lambda",
-    "tokenizer.vocab_size=256",
-    "model.d_model=64",
-    "model.n_layers=2",
-    "model.n_heads=2",
-    "memory.num_tokens=4",
-    "memory.segment_tokens=32",
-    "curriculum.stages=[{segments: 1, steps: 3}, {segments: 2, steps: 3}]",
-    "trainer.tokens_per_step=256",
-    "trainer.micro_batch_tokens=128",
-    "trainer.warmup_steps=2",
-    "trainer.log_every=1",
-    "trainer.eval_every=3",
-    "trainer.save_every=3",
-    "trainer.eval_max_tokens=2048",
-    "trainer.progress=false",
-]
 
 
 def compose_config(name: str = "train", overrides=()):
@@ -66,7 +49,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def test_training_writes_metrics_checkpoints_and_eval(tmp_path):
-    result = train(compose_config(overrides=FAST), tmp_path)
+    result = train(compose_config(overrides=FAST_TRAIN), tmp_path)
     records = read_metrics(tmp_path)
     steps = [r for r in records if r["split"] == "train"]
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
@@ -100,7 +83,7 @@ def test_training_writes_metrics_checkpoints_and_eval(tmp_path):
 
 
 def test_checkpoint_reloads_to_identical_outputs(tmp_path):
-    cfg = compose_config(overrides=FAST)
+    cfg = compose_config(overrides=FAST_TRAIN)
     train(cfg, tmp_path)
     runner, tokenizer = load_model(tmp_path)
     again, _ = load_model(tmp_path / "checkpoints" / "step-00000006")
@@ -117,13 +100,13 @@ def test_checkpoint_reloads_to_identical_outputs(tmp_path):
 
 def test_resume_continues_the_same_loss_trajectory(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    train(compose_config(overrides=FAST), straight)
+    train(compose_config(overrides=FAST_TRAIN), straight)
     # A run killed right after its step-3 checkpoint: the directory as it was then.
     shutil.copytree(straight, killed)
     shutil.rmtree(killed / "checkpoints" / "step-00000006")
     (killed / "checkpoints" / "latest").write_text("step-00000003\n")
     (killed / "eval.json").unlink()
-    train(compose_config(overrides=FAST), killed)
+    train(compose_config(overrides=FAST_TRAIN), killed)
     want = [r for r in read_metrics(straight) if r["split"] == "train"]
     got = [r for r in read_metrics(killed) if r["split"] == "train"][len(want) :]
     assert [(r["step"], r["stage"], r["segments"]) for r in got] == [
@@ -138,7 +121,7 @@ def test_resume_continues_the_same_loss_trajectory(tmp_path):
 
 def test_truncated_and_replay_modes_train(tmp_path):
     for i, mode in enumerate(["memory.bptt_depth=1", "memory.backprop=replay"]):
-        overrides = [*FAST, "curriculum.stages=[{segments: 3, steps: 2}]", mode]
+        overrides = [*FAST_TRAIN, "curriculum.stages=[{segments: 3, steps: 2}]", mode]
         result = train(compose_config(overrides=overrides), tmp_path / str(i))
         assert result["steps"] == 2 and result["eval_loss"] > 0
 

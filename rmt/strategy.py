@@ -138,6 +138,15 @@ class DeepSpeedStrategy:
                 "trainer.strategy=deepspeed needs DeepSpeed: pip install 'rmt-dna[deepspeed]' "
                 f"({err})"
             ) from None
+        runner = module.runner
+        recomputes = runner.backprop != "full" or runner.bptt_depth > 0
+        if t.zero_stage == 3 and recomputes:
+            raise ValueError(
+                "trainer.zero_stage=3 partitions parameters, which memory.backprop="
+                f"{runner.backprop} (bptt_depth={runner.bptt_depth}) needs whole in its backward "
+                "sweep: use trainer=deepspeed_zero2 (or ddp), or memory.backprop=full with "
+                "memory.bptt_depth=-1 or 0"
+            )
         self.deepspeed, self.module = deepspeed, module
         config = {
             "train_micro_batch_size_per_gpu": 1,

@@ -61,6 +61,23 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(single, tmp_path
     assert final["accuracy"] == want["accuracy"] and final["masked_tokens"] == want["masked_tokens"]
 
 
+REPLAY = ["memory.backprop=replay", "memory.bptt_depth=1", "trainer.micro_batch_tokens=256"]
+
+
+def test_replay_with_truncation_under_zero2_matches_one_process(tmp_path):
+    pytest.importorskip("deepspeed")
+    # Memory replay: the forward keeps no graph; the backward sweep recomputes each segment.
+    train_run(tmp_path / "one", *REPLAY)
+    train_run(tmp_path / "two", *REPLAY, "trainer=deepspeed_zero2", nproc=2)
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+
+
+def test_zero3_refuses_backprop_modes_that_recompute(tmp_path):
+    pytest.importorskip("deepspeed")
+    with pytest.raises(AssertionError, match=r"trainer\.zero_stage=3 partitions parameters"):
+        train_run(tmp_path, *REPLAY, "trainer=deepspeed_zero3", nproc=2)
+
+
 def test_deepspeed_resume_continues_the_same_trajectory(single, tmp_path):
     pytest.importorskip("deepspeed")
     straight, killed = tmp_path / "straight", tmp_path / "killed"

@@ -103,6 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if min(args.segments) < 1:
         parser.error("--segments must be >= 1")
+    args.segments = sorted(set(args.segments))
+    args.modes = list(dict.fromkeys(args.modes))
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     return args
@@ -236,7 +238,7 @@ def sweep(args: argparse.Namespace) -> list[dict]:
     for mode in args.modes:
         measured: list[tuple[int, float]] = []
         failed = False
-        for segments in sorted(args.segments):
+        for segments in args.segments:
             point = Point(
                 mode=mode,
                 segments=segments,
@@ -341,7 +343,7 @@ def mode_label(mode: str, bptt_depth: int) -> str:
 def markdown(records: list[dict], args: argparse.Namespace, summary: dict) -> str:
     """Step peak memory and step time tables: rows = segments, columns = modes."""
     by_point = {(r["mode"], r["segments"]): r for r in records}
-    modes, segments = args.modes, sorted(args.segments)
+    modes, segments = args.modes, args.segments
     header = "| segments | " + " | ".join(mode_label(m, args.bptt_depth) for m in modes) + " |"
     rule = "|---:|" + "---:|" * len(modes)
 
@@ -433,7 +435,7 @@ def plot(records: list[dict], args: argparse.Namespace, summary: dict, path: Pat
     points = [p for m in args.modes for p in measured_points(records, m)]
     anchor = max(points, key=lambda p: p[1], default=None)
     if anchor is not None and anchor[1] > 0:  # proportional to segments, through the top
-        xs = sorted(args.segments)
+        xs = args.segments
         ax.plot(xs, [anchor[1] * x / anchor[0] for x in xs], "k--", lw=1, label="∝ segments")
     if summary["replay_ratio"] is not None:
         small, low = measured_points(records, "replay")[0]
@@ -442,7 +444,7 @@ def plot(records: list[dict], args: argparse.Namespace, summary: dict, path: Pat
         ax.axhline(limit, color="gray", ls=":", lw=1, label=label)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xticks(sorted(args.segments), [str(n) for n in sorted(args.segments)])
+    ax.set_xticks(args.segments, [str(n) for n in args.segments])
     ax.tick_params(axis="x", which="minor", bottom=False)
     ax.set_xlabel(f"segments ({args.segment_tokens} tokens + {args.memory_tokens} memory each)")
     ax.set_ylabel("step peak memory (MB above baseline)")

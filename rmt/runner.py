@@ -24,6 +24,7 @@ every mode:
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 
@@ -291,7 +292,8 @@ class _SegmentSweep(torch.autograd.Function):
         for ids, mask, labels in segments:
             mem_in = memory.detach()
             if replay:
-                rng = _rng_state(mem_in.device)
+                random = runner.training and runner.encoder.config.dropout > 0
+                rng = _rng_state(mem_in.device) if random else None  # only dropout draws
                 new_memory, hidden, loss_sum, count = runner._segment_loss(
                     mem_in, ids, mask, labels
                 )
@@ -334,6 +336,7 @@ class _SegmentSweep(torch.autograd.Function):
                 )
                 streams = [(j, grads[0])]
                 _accumulate(totals, grads[1:])
+                del grads  # else one stale set of parameter gradients lives on per segment
                 continue
             moved = [
                 (t, torch.autograd.grad(new_memory, mem_in, c, retain_graph=True)[0])
@@ -344,6 +347,7 @@ class _SegmentSweep(torch.autograd.Function):
                 [loss_sum, new_memory], params, [w, mem_grad], allow_unused=True
             )
             _accumulate(totals, grads)
+            del grads
             streams = [*moved, (j, own if own is not None else torch.zeros_like(mem_in))]
         reaching = [c for t, c in streams if depth < 0 or t <= depth]
         grad_memory = sum(c.sum(0) for c in reaching) if reaching else None
@@ -357,7 +361,8 @@ def _segment_graph(ctx, j: int):
         return ctx.saved[j]
     mem_in, rng = ctx.saved[j]
     mem_in = mem_in.detach().requires_grad_(True)
-    with torch.enable_grad(), _restored_rng(rng, mem_in.device):
+    replayed_rng = _restored_rng(rng, mem_in.device) if rng is not None else nullcontext()
+    with torch.enable_grad(), replayed_rng:
         new_memory, _, loss_sum, _ = ctx.runner._segment_loss(mem_in, *ctx.segments[j])
     return mem_in, new_memory, loss_sum
 
@@ -365,7 +370,7 @@ def _segment_graph(ctx, j: int):
 def _accumulate(totals: list, grads) -> None:
     for i, g in enumerate(grads):
         if g is not None:
-            totals[i] = g if totals[i] is None else totals[i] + g
+            totals[i] = g if totals[i] is None else totals[i].add_(g)
 
 
 def _rng_state(device: torch.device):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+IGNORE_INDEX = -100
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm over the last dim, computed in at least fp32 and cast back."""
@@ -23,6 +25,29 @@ def layer_norm(
 ) -> torch.Tensor:
     """LayerNorm over the last dim."""
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def add_rms_norm(
+    x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-norm step: residual stream `x` (+ a block's output `delta`), then RMSNorm.
+
+    Returns (normed, new residual stream); with `delta=None` the stream is `x` itself.
+    """
+    residual = x if delta is None else x + delta
+    return rms_norm(residual, weight, eps), residual
+
+
+def add_layer_norm(
+    x: torch.Tensor,
+    delta: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`add_rms_norm` with LayerNorm (optional bias)."""
+    residual = x if delta is None else x + delta
+    return layer_norm(residual, weight, bias, eps), residual
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -58,3 +83,26 @@ def apply_rotary(
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
     return rotate(q), rotate(k)
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: float
+) -> torch.Tensor:
+    """Bidirectional attention over (batch, heads, length, head_dim); mask True = attend."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+
+
+def linear_cross_entropy(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor
+) -> torch.Tensor:
+    """Summed cross-entropy of `x @ weight.T + bias` against `labels` (-100 ignored).
+
+    Materializes all (rows, vocab) logits; cast to fp32 before the softmax when narrower.
+    """
+    logits = F.linear(x, weight, bias)
+    return F.cross_entropy(
+        logits.float() if logits.element_size() < 4 else logits,
+        labels,
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )

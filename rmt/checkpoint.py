@@ -33,7 +33,12 @@ RUNNER_KEYS = ("num_memory_tokens", "segment_tokens", "bptt_depth", "loss_on", "
 def build_runner(encoder_config: EncoderConfig, runner_config: dict) -> MemoryRunner:
     """A fresh runner with an MLM head tied to the token embeddings."""
     encoder = Encoder(encoder_config)
-    head = MLMHead(encoder_config.d_model, encoder_config.vocab_size, encoder.embed_tokens)
+    head = MLMHead(
+        encoder_config.d_model,
+        encoder_config.vocab_size,
+        encoder.embed_tokens,
+        kernels=encoder_config.kernels,
+    )
     return MemoryRunner(encoder, head=head, **runner_config)
 
 

@@ -68,16 +68,24 @@ class EncoderConfig:
 
 
 class Norm(nn.Module):
+    """Pre-norm step: add a block's output to the residual stream, then normalize.
+
+    One op (`add_rms_norm` / `add_layer_norm`) so the fused backend reads the stream once.
+    """
+
     def __init__(self, config: EncoderConfig, ops) -> None:
         super().__init__()
         self.kind, self.eps, self.ops = config.norm, config.norm_eps, ops
         self.weight = nn.Parameter(torch.ones(config.d_model))
         self.bias = nn.Parameter(torch.zeros(config.d_model)) if self.kind == "layernorm" else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, delta: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + delta), x + delta); with delta None, (norm(x), x)."""
         if self.kind == "rmsnorm":
-            return self.ops.rms_norm(x, self.weight, self.eps)
-        return self.ops.layer_norm(x, self.weight, self.bias, self.eps)
+            return self.ops.add_rms_norm(x, delta, self.weight, self.eps)
+        return self.ops.add_layer_norm(x, delta, self.weight, self.bias, self.eps)
 
 
 class Attention(nn.Module):
@@ -94,9 +102,7 @@ class Attention(nn.Module):
             self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.n_heads
         )
         q, k = self.ops.apply_rotary(q, k, *rope)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        y = self.ops.attention(q, k, v, mask, self.dropout if self.training else 0.0)
         return self.out(rearrange(y, "b h l d -> b l (h d)"))
 
 
@@ -119,7 +125,11 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm block: x + attn(norm(x)), then + mlp(norm(.))."""
+    """Pre-norm block: x + attn(norm(x)), then + mlp(norm(.)).
+
+    Blocks pass (residual stream, last branch output) rather than their sum, so each add
+    happens inside the next norm (fused on the Triton backend); same arithmetic either way.
+    """
 
     def __init__(self, config: EncoderConfig, ops) -> None:
         super().__init__()
@@ -127,9 +137,11 @@ class Block(nn.Module):
         self.norm2, self.mlp = Norm(config, ops), MLP(config, ops)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x, rope, mask):
-        x = x + self.drop(self.attn(self.norm1(x), rope, mask))
-        return x + self.drop(self.mlp(self.norm2(x)))
+    def forward(self, x, delta, rope, mask):
+        """(stream, pending delta) -> (stream, pending delta); the stream is x + delta."""
+        normed, x = self.norm1(x, delta)
+        normed, x = self.norm2(x, self.drop(self.attn(normed, rope, mask)))
+        return x, self.drop(self.mlp(normed))
 
 
 class Encoder(nn.Module):
@@ -176,9 +188,10 @@ class Encoder(nn.Module):
         if key_padding_mask is not None and not bool(key_padding_mask.all()):
             mask = rearrange(key_padding_mask, "b l -> b 1 1 l")
         rope = self.rope(x.shape[1], x.device, x.dtype)
+        delta = None
         for block in self.blocks:
-            x = block(x, rope, mask)
-        return self.final_norm(x)
+            x, delta = block(x, delta, rope, mask)
+        return self.final_norm(x, delta)[0]
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None

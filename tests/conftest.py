@@ -1,4 +1,4 @@
-"""Shared fixtures for the data-package tests (tests/test_data_*.py).
+"""Shared fixtures for the data-package tests (tests/test_data_*.py), and the Triton mode.
 
 Everything decompressed or indexed goes into a per-session temporary cache, never into
 ~/.cache, and the bundled E. coli chromosome is decompressed at most once per session.
@@ -6,12 +6,20 @@ Everything decompressed or indexed goes into a per-session temporary cache, neve
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from data import ECOLI_HELDOUT, BPETokenizer, Genome, bundled_genome
+
+# Without a GPU the Triton kernels (tests/test_kernels.py) run under Triton's CPU
+# interpreter, which is chosen when a kernel is defined: set it before any test module
+# can import kernels.*. `kernels=auto` still resolves to torch on the CPU.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -30,21 +30,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import multiprocessing as mp
-import os
-import platform
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
-from multiprocessing.connection import Connection
 from pathlib import Path
 
 import torch
 
+from benchmarks import measure
+from benchmarks.measure import MB, fork_context, reset_peak_rss, run_isolated, status_bytes
 from rmt import Encoder, EncoderConfig, MemoryRunner, MLMHead
 from rmt.runner import BACKPROP_MODES
 
-MB = 2**20
 REPLAY_RATIO_LIMIT = 1.5
 LABEL_FRACTION = 0.15
 # Imported once by the fork server, so that each point's process starts at once
@@ -139,21 +135,6 @@ def build_step(point: Point) -> tuple[MemoryRunner, torch.Tensor, torch.Tensor]:
     return runner, input_ids, torch.where(labelled, input_ids, -100)
 
 
-def _status_bytes(field: str) -> int:
-    """A `kB` field of /proc/self/status (VmRSS, VmHWM), in bytes."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _reset_peak_rss() -> None:
-    """Reset VmHWM to the current VmRSS (Linux >= 4.0)."""
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-
-
 def warm_up(point: Point) -> None:
     """One step of a toy runner in the same mode: starts the runtime, keeps ~nothing."""
     toy = replace(
@@ -181,14 +162,14 @@ def measure_point(point: Point) -> dict:
         torch.cuda.reset_peak_memory_stats()
         baseline = torch.cuda.memory_allocated()
     else:
-        baseline = _status_bytes("VmRSS")
-        _reset_peak_rss()
+        baseline = status_bytes("VmRSS")
+        reset_peak_rss()
     start = time.perf_counter()
     runner(input_ids, labels=labels).loss.backward()
     if cuda:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() if cuda else _status_bytes("VmHWM")
+    peak = torch.cuda.max_memory_allocated() if cuda else status_bytes("VmHWM")
     return {
         "status": "ok",
         "baseline_mb": round(baseline / MB, 1),
@@ -196,27 +177,6 @@ def measure_point(point: Point) -> dict:
         "step_peak_delta_mb": round((peak - baseline) / MB, 1),
         "step_time_s": round(elapsed, 3),
     }
-
-
-def _worker(point: Point, connection: Connection) -> None:
-    connection.send(measure_point(point))
-    connection.close()
-
-
-def run_isolated(point: Point, context: mp.context.BaseContext) -> dict:
-    """`measure_point` in a fresh process; a failed status if that process dies."""
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_worker, args=(point, sender))
-    process.start()
-    sender.close()
-    try:
-        result = receiver.recv()
-    except EOFError:  # an exception (traceback on stderr) or the out-of-memory killer
-        result = None
-    process.join()
-    if result is None or process.exitcode:
-        return {"status": f"failed: exit code {process.exitcode}"}
-    return result
 
 
 # -- the sweep -----------------------------------------------------------------------
@@ -232,8 +192,7 @@ def extrapolate(measured: list[tuple[int, float]], segments: int) -> float | Non
 
 def sweep(args: argparse.Namespace) -> list[dict]:
     """All points, mode by mode in increasing segments; one progress line per point."""
-    context = mp.get_context("forkserver")
-    context.set_forkserver_preload(PRELOAD)
+    context = fork_context(PRELOAD)
     total, records = len(args.modes) * len(args.segments), []
     for mode in args.modes:
         measured: list[tuple[int, float]] = []
@@ -259,7 +218,7 @@ def sweep(args: argparse.Namespace) -> list[dict]:
                 gb = estimate / 1024
                 result = {"status": f"skipped: estimated {gb:.1f} GB > {args.max_gb:g} GB limit"}
             else:
-                result = run_isolated(point, context)
+                result = run_isolated(context, measure_point, point)
             record = {
                 "mode": mode,
                 "segments": segments,
@@ -392,28 +351,13 @@ def markdown(records: list[dict], args: argparse.Namespace, summary: dict) -> st
 
 def environment(args: argparse.Namespace) -> dict:
     return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
+        **measure.environment(args.device),
         "memory_metric": (
             "torch.cuda.max_memory_allocated - memory_allocated before the step"
             if args.device == "cuda"
             else "VmHWM (reset before the step) - VmRSS before the step"
         ),
     }
-
-
-def _cpu_model() -> str:
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def plot(records: list[dict], args: argparse.Namespace, summary: dict, path: Path) -> bool:

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_module
 
-from benchmarks.backprop_memory import _cpu_model
+from benchmarks.measure import cpu_model, segment_flops
 from data import ECOLI_RECORD, Genome, Region
 from data.streaming import TokenStream
 from rmt.checkpoint import load_model, save_checkpoint
@@ -87,14 +87,6 @@ def build_default_checkpoint(directory: Path) -> Path:
     tokenizer = make_tokenizer(cfg.tokenizer, genome, directory)
     torch.manual_seed(cfg.seed)
     return save_checkpoint(directory / "model", make_runner(cfg, tokenizer), tokenizer)
-
-
-def segment_flops(config: EncoderConfig, tokens: int, memory_tokens: int, head: bool) -> int:
-    """Matmul FLOPs of one segment (2 per multiply-add): encoder blocks, then the head."""
-    d, f, n = config.d_model, config.d_ff, tokens + memory_tokens
-    up = 2 * f if config.activation != "gelu" else f
-    block = 2 * n * d * (3 * d + d + up) + 2 * n * f * d + 2 * 2 * n * n * d
-    return config.n_layers * block + (2 * tokens * d * (d + config.vocab_size) if head else 0)
 
 
 def gemm_shapes(config: EncoderConfig, rows: int, head_rows: int) -> list[tuple[int, int, int]]:
@@ -288,7 +280,7 @@ def split_difference(single: Path, split: Path) -> dict:
 def environment(threads: int) -> dict:
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": threads,

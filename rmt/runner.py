@@ -286,20 +286,25 @@ class _SegmentSweep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, runner: MemoryRunner, segments, hiddens, return_hidden, memory_param, *params):
         replay = runner.backprop in RECOMPUTING
-        batch = segments[0][0].shape[0]
+        n, batch = len(segments), segments[0][0].shape[0]
         memory = runner.init_memory(batch).detach()
-        saved, sums, counts = [], [], []
-        for ids, mask, labels in segments:
-            mem_in = memory.detach()
+        # Everything that lives until the backward is allocated here, once: small tensors
+        # allocated between each segment's large short-lived activations would pin heap
+        # pages and make the peak resident memory creep up with the number of segments.
+        inputs = memory.new_empty((n, *memory.shape)) if replay else None
+        sums_t = memory.new_empty(n, dtype=torch.promote_types(memory.dtype, torch.float32))
+        counts_t = torch.empty(n, dtype=torch.long, device=memory.device)
+        random = replay and runner.training and runner.encoder.config.dropout > 0
+        saved = []  # replay: RNG states (with dropout); otherwise each segment's graph
+        for j, (ids, mask, labels) in enumerate(segments):
             if replay:
-                random = runner.training and runner.encoder.config.dropout > 0
-                rng = _rng_state(mem_in.device) if random else None  # only dropout draws
+                if random:  # only dropout draws random numbers
+                    saved.append(_rng_state(memory.device))
                 new_memory, hidden, loss_sum, count = runner._segment_loss(
-                    mem_in, ids, mask, labels
+                    inputs[j].copy_(memory), ids, mask, labels
                 )
-                saved.append((mem_in, rng))
             else:
-                mem_in.requires_grad_(True)
+                mem_in = memory.detach().requires_grad_(True)
                 with torch.enable_grad():
                     new_memory, hidden, loss_sum, count = runner._segment_loss(
                         mem_in, ids, mask, labels
@@ -307,12 +312,11 @@ class _SegmentSweep(torch.autograd.Function):
                 saved.append((mem_in, new_memory, loss_sum))
             if return_hidden:
                 hiddens.append(hidden.detach())
-            sums.append(loss_sum.detach())
-            counts.append(count)
+            sums_t[j], counts_t[j] = loss_sum.detach(), count
             memory = new_memory
-        sums_t, counts_t = torch.stack(sums), torch.stack(counts)
         weights = runner._loss_weights(counts_t, sums_t.dtype)
         ctx.runner, ctx.segments, ctx.saved, ctx.weights = runner, segments, saved, weights
+        ctx.inputs = inputs
         ctx.params = params
         ctx.mark_non_differentiable(sums_t, counts_t)
         return (weights * sums_t).sum(), sums_t, counts_t, memory.detach()
@@ -351,7 +355,7 @@ class _SegmentSweep(torch.autograd.Function):
             streams = [*moved, (j, own if own is not None else torch.zeros_like(mem_in))]
         reaching = [c for t, c in streams if depth < 0 or t <= depth]
         grad_memory = sum(c.sum(0) for c in reaching) if reaching else None
-        ctx.saved = ctx.segments = ctx.params = None
+        ctx.saved = ctx.segments = ctx.params = ctx.inputs = None
         return None, None, None, None, grad_memory, *totals
 
 
@@ -359,9 +363,8 @@ def _segment_graph(ctx, j: int):
     """Segment j's (input memory, output memory, loss sum) with a graph, recomputing if replay."""
     if ctx.runner.backprop not in RECOMPUTING:
         return ctx.saved[j]
-    mem_in, rng = ctx.saved[j]
-    mem_in = mem_in.detach().requires_grad_(True)
-    replayed_rng = _restored_rng(rng, mem_in.device) if rng is not None else nullcontext()
+    mem_in = ctx.inputs[j].detach().requires_grad_(True)
+    replayed_rng = _restored_rng(ctx.saved[j], mem_in.device) if ctx.saved else nullcontext()
     with torch.enable_grad(), replayed_rng:
         new_memory, _, loss_sum, _ = ctx.runner._segment_loss(mem_in, *ctx.segments[j])
     return mem_in, new_memory, loss_sum

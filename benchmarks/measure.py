@@ -1,0 +1,136 @@
+"""Measuring helpers shared by the benchmarks: isolated processes, peak memory, FLOPs.
+
+A point measured in a process that already ran a larger point would inherit its peak
+(VmHWM) and its allocator's cached pages, so every point runs in a fresh process forked
+from a server that has only imported what `preload` names.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+
+from rmt.encoder import EncoderConfig
+
+MB = 2**20
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name, from /proc/cpuinfo where there is one."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def status_bytes(field: str) -> int:
+    """A `kB` field of /proc/self/status (VmRSS, VmHWM), in bytes."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM to the current VmRSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
+def environment(device: str) -> dict:
+    """Where a benchmark ran: enough to tell whether two result files are comparable."""
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def segment_flops(config: EncoderConfig, tokens: int, memory_tokens: int, head: bool) -> int:
+    """Matmul FLOPs of one forward over a segment (2 per multiply-add), one sample.
+
+    The blocks' projections and MLP on `tokens + memory_tokens` positions, attention
+    scores and values over all of them, then (with `head`) the MLM head on the content
+    tokens. Norms, activations and softmax are left out: they are not matmuls.
+    """
+    d, f, n = config.d_model, config.d_ff, tokens + memory_tokens
+    up = 2 * f if config.activation != "gelu" else f
+    block = 2 * n * d * (3 * d + d + up) + 2 * n * f * d + 2 * 2 * n * n * d
+    return config.n_layers * block + (head_flops(config, tokens) if head else 0)
+
+
+def head_flops(config: EncoderConfig, tokens: int) -> int:
+    """Matmul FLOPs of the MLM head (dense d x d, then the d x vocab projection)."""
+    return 2 * tokens * config.d_model * (config.d_model + config.vocab_size)
+
+
+def matmul_peak(device: str, dtype: torch.dtype, size: int | None = None, reps: int = 10) -> float:
+    """The device's own dense matmul FLOP/s: the median of `reps` square matmuls.
+
+    The denominator of model FLOPs utilization, measured on the machine rather than taken
+    from a datasheet (a CPU's turbo, a GPU's clocks and power cap all move it).
+    """
+    size = size or (8192 if device == "cuda" else 2048)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    times = []
+    for _ in range(reps + 2):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 2.0 * size**3 / statistics.median(times[2:])
+
+
+def fork_context(preload: list[str]) -> mp.context.BaseContext:
+    """A forkserver context whose server has imported `preload` (so forks start at once)."""
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(preload)
+    return context
+
+
+def _worker(function: Callable, args: tuple, connection: Connection) -> None:
+    connection.send(function(*args))
+    connection.close()
+
+
+def run_isolated(context: mp.context.BaseContext, function: Callable, *args: Any) -> dict:
+    """`function(*args)` (a dict) in a fresh process; `{"status": "failed: ..."}` if it dies.
+
+    A Python exception prints its traceback on the child's stderr; the out-of-memory
+    killer leaves exit code -9.
+    """
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_worker, args=(function, args, sender))
+    process.start()
+    sender.close()
+    try:
+        result = receiver.recv()
+    except EOFError:
+        result = None
+    process.join()
+    if result is None or process.exitcode:
+        return {"status": f"failed: exit code {process.exitcode}"}
+    return result

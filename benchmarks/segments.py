@@ -1,0 +1,229 @@
+"""rmt-bench: step time and peak memory against the number of segments.
+
+    rmt-bench                                  # conf/bench.yaml: the committed CPU sweep
+    rmt-bench methods=[rmt_infer,bert_infer] segments.infer=[1,4,16]
+    rmt-bench -m batch_size=1,4                # one job each, merged when the sweep ends
+
+Every (method, segments) point runs in a fresh process forked from a server that has
+imported only torch and rmt, so its peak memory is its own: CPU peak RSS (VmHWM, reset
+when the point's model and batch are built) or `torch.cuda.max_memory_allocated`. The
+point's `warmup` steps are untimed, then `repeats` steps give the median, min and max.
+The device's own matmul FLOP/s is measured once per job, in a fresh process too, as the
+denominator of model FLOPs utilization (MFU).
+
+Each job writes `points.jsonl` (a line per point, as measured), then `points.csv`,
+`fits.json`, `fits.md` and plots (`benchmarks.report`); a multirun merges its jobs into
+the sweep directory (`rmt-bench-summary DIR` does the same by hand).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from benchmarks import report
+from benchmarks.measure import (
+    MB,
+    environment,
+    fork_context,
+    matmul_peak,
+    reset_peak_rss,
+    run_isolated,
+    status_bytes,
+)
+from benchmarks.workloads import METHODS, Point, build, kind
+from rmt.cli import MetricsLog, user_errors, write_json
+
+PRELOAD = ["torch", "rmt", "benchmarks.workloads", "torch.fx.experimental.symbolic_shapes"]
+POINTS_FILE = "points.jsonl"
+
+
+def measure_point(point: Point) -> dict:
+    """Build `point`'s workload in this process, run it, and return time and memory."""
+    if point.threads:
+        torch.set_num_threads(point.threads)
+    cuda = point.device == "cuda"
+    workload = build(point)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated()
+    else:
+        baseline = status_bytes("VmRSS")
+        reset_peak_rss()
+    times = []
+    for i in range(point.warmup + point.repeats):
+        start = time.perf_counter()
+        workload.step()
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= point.warmup:
+            times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() if cuda else status_bytes("VmHWM")
+    median = statistics.median(times)
+    return {
+        "status": "ok",
+        "median_s": median,
+        "min_s": min(times),
+        "max_s": max(times),
+        "tokens_per_s": point.content_tokens / median,
+        "s_per_segment": median / point.segments,
+        "peak_mb": peak / MB,
+        "step_peak_delta_mb": (peak - baseline) / MB,
+        "model_flops": workload.model_flops,
+        "flops_per_s": workload.model_flops / median,
+    }
+
+
+def measure_peak(device: str, dtype: str, threads: int | None) -> dict:
+    """The matmul FLOP/s of this device, in a process of its own."""
+    if threads:
+        torch.set_num_threads(threads)
+    flops = matmul_peak(device, getattr(torch, dtype))
+    return {"status": "ok", "matmul_flops_per_s": flops, **environment(device)}
+
+
+def resolve(cfg: DictConfig) -> tuple[str, str]:
+    """(device, dtype) from `device` and `dtype` (auto: CUDA in bf16 when present)."""
+    device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device={cfg.device!r}; choose auto, cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but torch sees no CUDA device; use device=cpu")
+    dtype = cfg.dtype if cfg.dtype != "auto" else "bfloat16" if device == "cuda" else "float32"
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype={cfg.dtype!r}; choose auto, float32 or bfloat16")
+    return device, dtype
+
+
+def plan(cfg: DictConfig) -> list[Point]:
+    """Every point of the job: method by method, segments increasing."""
+    unknown = [m for m in cfg.methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"methods: {unknown} unknown; choose from {', '.join(METHODS)}")
+    for name, counts in cfg.segments.items():
+        if not counts or min(counts) < 1:
+            raise ValueError(f"segments.{name}={list(counts)}: give segment counts >= 1")
+    device, dtype = resolve(cfg)
+    model = {**OmegaConf.to_container(cfg.model), "vocab_size": cfg.vocab_size}
+    model["kernels"] = cfg.kernels
+    return [
+        Point(
+            method=method,
+            segments=n,
+            batch_size=cfg.batch_size,
+            segment_tokens=cfg.segment_tokens,
+            memory_tokens=cfg.memory_tokens,
+            bptt_depth=cfg.bptt_depth,
+            model=tuple(sorted(model.items())),
+            label_fraction=cfg.label_fraction,
+            device=device,
+            dtype=dtype,
+            threads=cfg.threads,
+            warmup=cfg.warmup,
+            repeats=cfg.repeats,
+            seed=cfg.seed,
+        )
+        for method in dict.fromkeys(cfg.methods)
+        for n in sorted(set(cfg.segments[kind(method)]))
+    ]
+
+
+def project(measured: list[tuple[int, float]], segments: int) -> float | None:
+    """A value at `segments` on the power law through the last two measured points."""
+    if len(measured) < 2:
+        return measured[-1][1] if measured else None
+    (n1, y1), (n2, y2) = measured[-2:]
+    if y1 <= 0 or y2 <= 0:
+        return y2
+    exponent = math.log(y2 / y1) / math.log(n2 / n1)
+    return y2 * (segments / n2) ** max(exponent, 1.0)
+
+
+def skip_reason(history: list[dict], point: Point, cfg: DictConfig) -> str | None:
+    """Why `point` is not run, given the same method's earlier records (None: run it)."""
+    if any(r["status"].startswith("failed") for r in history):
+        return "skipped: a smaller point failed"
+    ok = [r for r in history if r["status"] == "ok"]
+    memory = project([(r["segments"], r["peak_mb"]) for r in ok], point.segments)
+    if memory is not None and memory > cfg.max_gb * 1024:
+        return f"skipped: projected {memory / 1024:.1f} GB > max_gb={cfg.max_gb:g}"
+    seconds = project([(r["segments"], r["median_s"]) for r in ok], point.segments)
+    steps = point.warmup + point.repeats
+    if seconds is not None and seconds * steps > cfg.max_point_s:
+        return f"skipped: projected {seconds * steps:.0f} s > max_point_s={cfg.max_point_s:g}"
+    return None
+
+
+def run_bench(cfg: DictConfig, out_dir: Path) -> list[dict]:
+    """Measure every point of `cfg` into `out_dir`; returns the records and writes reports."""
+    points = plan(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / POINTS_FILE).unlink(missing_ok=True)
+    context = fork_context(PRELOAD)
+    device, dtype = points[0].device, points[0].dtype
+    env = run_isolated(context, measure_peak, device, dtype, cfg.threads)
+    if env["status"] != "ok":
+        raise RuntimeError(f"measuring the matmul peak failed ({env['status']})")
+    del env["status"]
+    env["dtype"] = dtype
+    write_json(out_dir / "environment.json", env)
+
+    log, records = MetricsLog(out_dir / POINTS_FILE), []
+    bar = tqdm(points, desc="rmt-bench", unit="point", disable=not cfg.progress)
+    for point in bar:
+        bar.set_postfix_str(f"{point.method} x{point.segments}")
+        history = [r for r in records if r["method"] == point.method]
+        reason = skip_reason(history, point, cfg)
+        result = {"status": reason} if reason else run_isolated(context, measure_point, point)
+        record = describe(point, result, env["matmul_flops_per_s"])
+        log.write(record)
+        records.append(record)
+        if record["status"] != "ok":
+            bar.write(f"{point.method} at {point.segments} segments: {record['status']}")
+    log.close()
+    report.write_reports(records, env, out_dir)
+    return records
+
+
+def describe(point: Point, result: dict, peak_flops: float) -> dict:
+    """One JSON line: what was measured, with what, and (when it ran) the figures."""
+    config = point.config
+    record = {
+        "method": point.method,
+        "kind": kind(point.method),
+        "segments": point.segments,
+        "content_tokens": point.content_tokens,
+        "batch_size": point.batch_size,
+        "segment_tokens": point.segment_tokens,
+        "memory_tokens": point.memory_tokens,
+        "bptt_depth": point.bptt_depth if point.method == "rmt_truncated" else None,
+        "model": f"d{config.d_model}x{config.n_layers} h{config.n_heads} v{config.vocab_size}",
+        "device": point.device,
+        "dtype": point.dtype,
+        **result,
+    }
+    if result["status"] == "ok":
+        record["mfu"] = result["flops_per_s"] / peak_flops
+    return record
+
+
+@hydra.main(config_path="pkg://conf", config_name="bench", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    with user_errors("rmt-bench"):
+        records = run_bench(cfg, out_dir)
+        ok = sum(r["status"] == "ok" for r in records)
+        print(f"{ok}/{len(records)} points measured -> {out_dir / 'fits.md'}")
+
+
+if __name__ == "__main__":
+    main()

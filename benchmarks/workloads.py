@@ -1,0 +1,289 @@
+"""What rmt-bench measures: the RMT in each mode, and the baselines users would pick.
+
+Each method builds, from a `Point`, one step to time (`Workload.step`) and the model
+FLOPs that step performs. Inference steps encode every content token and keep nothing;
+training steps are forward + backward + AdamW with the MLM loss on the labelled tokens.
+
+- `rmt_infer`: streaming, one segment at a time, only the memory carried over.
+- `rmt_full`, `rmt_truncated`, `rmt_replay`, `rmt_checkpoint`: one training step of the
+  memory runner with that `memory.backprop` (truncated uses `bptt_depth`).
+- `whole_infer`, `whole_train`: the same encoder on the whole sequence at once, no
+  memory (quadratic attention): where does recurrence start to win?
+- `bert_infer`, `bert_train`: Hugging Face `transformers` BertModel of the same width,
+  depth and heads (GELU MLP of 4 d: the gated MLP's FLOPs) over non-overlapping windows
+  of the segment length, with gradient accumulation over windows when training (same
+  MLM head and loss as the RMT): the common practice today.
+- `naive_infer`, `naive_train`: a recurrent runner as public reference implementations
+  write it: every segment's outputs are kept (inference) and full logits over every
+  token of every segment feed one loss at the end (training): the memory growth users
+  hit.
+
+Model FLOPs count matmuls (`benchmarks.measure.segment_flops`) of the forward, times 3
+for training; recomputation (checkpoint, replay) is not counted, so it shows as a lower
+utilization, as MFU is defined.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.measure import head_flops, segment_flops
+from rmt import Encoder, EncoderConfig, MemoryRunner, MLMHead
+from rmt.heads import IGNORE_INDEX
+
+RMT_TRAIN = {f"rmt_{mode}": mode for mode in ("full", "truncated", "replay", "checkpoint")}
+INFER_METHODS = ("rmt_infer", "naive_infer", "whole_infer", "bert_infer")
+TRAIN_METHODS = (*RMT_TRAIN, "naive_train", "whole_train", "bert_train")
+METHODS = (*INFER_METHODS, *TRAIN_METHODS)
+BASELINES = {"infer": ("naive_infer", "whole_infer", "bert_infer")}
+BASELINES["train"] = ("naive_train", "whole_train", "bert_train")
+
+
+def kind(method: str) -> str:
+    """`infer` or `train`."""
+    return "infer" if method in INFER_METHODS else "train"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One measurement: a method at a number of segments, with everything it depends on."""
+
+    method: str
+    segments: int
+    batch_size: int
+    segment_tokens: int
+    memory_tokens: int
+    bptt_depth: int
+    model: tuple  # EncoderConfig items (a tuple keeps the point hashable and picklable)
+    label_fraction: float
+    device: str
+    dtype: str
+    threads: int | None
+    warmup: int
+    repeats: int
+    seed: int = 0
+
+    @property
+    def config(self) -> EncoderConfig:
+        return EncoderConfig(**dict(self.model))
+
+    @property
+    def content_tokens(self) -> int:
+        return self.batch_size * self.segments * self.segment_tokens
+
+
+@dataclass
+class Workload:
+    """One step to time and the model FLOPs it performs."""
+
+    step: Callable[[], None]
+    model_flops: float
+
+
+def build(point: Point) -> Workload:
+    """The workload of `point.method`, on its device, with random tokens and labels."""
+    if point.method not in METHODS:
+        raise ValueError(f"method {point.method!r} is not one of {', '.join(METHODS)}")
+    torch.manual_seed(point.seed)
+    config, device = point.config, torch.device(point.device)
+    shape = (point.batch_size, point.segments * point.segment_tokens)
+    input_ids = torch.randint(0, config.vocab_size, shape, device=device)
+    labelled = torch.rand(shape, device=device) < point.label_fraction
+    labels = torch.where(labelled, input_ids, IGNORE_INDEX)
+    builder = _BUILDERS.get(point.method) or _rmt_train
+    workload = builder(point, config, input_ids, labels)
+    if point.dtype == "bfloat16":
+        return Workload(_autocast(workload.step, point.device), workload.model_flops)
+    return workload
+
+
+def _autocast(step: Callable[[], None], device: str) -> Callable[[], None]:
+    def run() -> None:
+        with torch.autocast(device, dtype=torch.bfloat16):
+            step()
+
+    return run
+
+
+def _train_step(model: torch.nn.Module, loss: Callable[[], torch.Tensor]) -> Callable[[], None]:
+    """forward + backward + AdamW: `loss()` may also call backward itself and return None."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        value = loss()
+        if value is not None:
+            value.backward()
+        optimizer.step()
+
+    return step
+
+
+def _encoder_flops(point: Point, config: EncoderConfig, span: int, memory_tokens: int) -> int:
+    """Encoder FLOPs of one forward over all content tokens, in chunks of `span` tokens."""
+    chunks = point.segments * point.segment_tokens // span
+    return point.batch_size * chunks * segment_flops(config, span, memory_tokens, head=False)
+
+
+def _labelled(labels: torch.Tensor) -> int:
+    return int((labels != IGNORE_INDEX).sum())
+
+
+def _runner(point: Point, config: EncoderConfig, backprop: str = "full") -> MemoryRunner:
+    encoder = Encoder(config)
+    head = MLMHead(config.d_model, config.vocab_size, encoder.embed_tokens)
+    runner = MemoryRunner(
+        encoder,
+        num_memory_tokens=point.memory_tokens,
+        segment_tokens=point.segment_tokens,
+        bptt_depth=point.bptt_depth if backprop == "truncated" else -1,
+        head=head,
+        backprop=backprop,
+    )
+    return runner.to(point.device)
+
+
+def _rmt_infer(point, config, input_ids, labels) -> Workload:
+    runner = _runner(point, config).eval()
+    start = runner.init_memory(point.batch_size).detach()
+
+    @torch.inference_mode()
+    def step() -> None:
+        memory = start
+        for segment in input_ids.split(point.segment_tokens, dim=1):
+            _, memory = runner.step(segment, memory)
+
+    return Workload(step, _encoder_flops(point, config, point.segment_tokens, point.memory_tokens))
+
+
+def _rmt_train(point, config, input_ids, labels) -> Workload:
+    runner = _runner(point, config, RMT_TRAIN[point.method]).train()
+    step = _train_step(runner, lambda: runner(input_ids, labels=labels).loss)
+    flops = _encoder_flops(point, config, point.segment_tokens, point.memory_tokens)
+    return Workload(step, 3 * (flops + head_flops(config, _labelled(labels))))
+
+
+def _naive_segments(runner: MemoryRunner, input_ids: torch.Tensor, memory: torch.Tensor):
+    """Yield each segment's outputs (memory positions first), the memory carried."""
+    m = runner.num_memory_tokens
+    for segment in input_ids.split(runner.segment_tokens, dim=1):
+        x = torch.cat([memory, runner.encoder.embed(segment)], dim=1)
+        outputs = runner.encoder.forward_embeddings(x)
+        memory = outputs[:, :m]
+        yield outputs
+
+
+def _naive_infer(point, config, input_ids, labels) -> Workload:
+    runner = _runner(point, config).eval()
+    start = runner.init_memory(point.batch_size).detach()
+
+    @torch.inference_mode()
+    def step() -> None:
+        torch.cat(list(_naive_segments(runner, input_ids, start)), dim=1)
+
+    return Workload(step, _encoder_flops(point, config, point.segment_tokens, point.memory_tokens))
+
+
+def _naive_train(point, config, input_ids, labels) -> Workload:
+    runner = _runner(point, config).train()
+    m = runner.num_memory_tokens
+
+    def loss() -> torch.Tensor:
+        outputs = _naive_segments(runner, input_ids, runner.init_memory(point.batch_size))
+        logits = [runner.head(out[:, m:]) for out in outputs]
+        logits = torch.cat(logits, dim=1)
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+
+    flops = _encoder_flops(point, config, point.segment_tokens, point.memory_tokens)
+    flops += head_flops(config, point.content_tokens)  # logits for every token
+    return Workload(_train_step(runner, loss), 3 * flops)
+
+
+def _whole_infer(point, config, input_ids, labels) -> Workload:
+    encoder = Encoder(config).to(point.device).eval()
+
+    @torch.inference_mode()
+    def step() -> None:
+        encoder(input_ids)
+
+    return Workload(step, _encoder_flops(point, config, point.segments * point.segment_tokens, 0))
+
+
+def _whole_train(point, config, input_ids, labels) -> Workload:
+    encoder = Encoder(config)
+    head = MLMHead(config.d_model, config.vocab_size, encoder.embed_tokens)
+    model = torch.nn.ModuleDict({"encoder": encoder, "head": head}).to(point.device)
+
+    def loss() -> torch.Tensor:
+        total, count = model["head"].loss(model["encoder"](input_ids), labels)
+        return total / count.clamp(min=1)
+
+    flops = _encoder_flops(point, config, point.segments * point.segment_tokens, 0)
+    return Workload(_train_step(model, loss), 3 * (flops + head_flops(config, _labelled(labels))))
+
+
+def _bert(point: Point, config: EncoderConfig):
+    """A transformers BertModel of the encoder's width, depth and heads (GELU MLP of 4 d)."""
+    from transformers import BertConfig, BertModel
+
+    bert_config = BertConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads,
+        intermediate_size=4 * config.d_model,
+        max_position_embeddings=max(512, point.segment_tokens),
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        attn_implementation="sdpa",
+    )
+    flop_config = replace(config, activation="gelu", d_ff=4 * config.d_model)
+    return BertModel(bert_config, add_pooling_layer=False).to(point.device), flop_config
+
+
+def _bert_infer(point, config, input_ids, labels) -> Workload:
+    bert, flop_config = _bert(point, config)
+    bert.eval()
+
+    @torch.inference_mode()
+    def step() -> None:
+        for window in input_ids.split(point.segment_tokens, dim=1):
+            bert(input_ids=window)
+
+    return Workload(step, _encoder_flops(point, flop_config, point.segment_tokens, 0))
+
+
+def _bert_train(point, config, input_ids, labels) -> Workload:
+    bert, flop_config = _bert(point, config)
+    head = MLMHead(config.d_model, config.vocab_size, bert.embeddings.word_embeddings)
+    model = torch.nn.ModuleDict({"bert": bert, "head": head.to(point.device)}).train()
+    count = max(_labelled(labels), 1)
+
+    def loss() -> None:  # gradient accumulation over windows: memory stays one window's
+        windows = zip(
+            input_ids.split(point.segment_tokens, dim=1),
+            labels.split(point.segment_tokens, dim=1),
+            strict=True,
+        )
+        for window, window_labels in windows:
+            hidden = model["bert"](input_ids=window).last_hidden_state
+            total, _ = model["head"].loss(hidden, window_labels)
+            (total / count).backward()
+
+    flops = _encoder_flops(point, flop_config, point.segment_tokens, 0)
+    return Workload(_train_step(model, loss), 3 * (flops + head_flops(config, _labelled(labels))))
+
+
+_BUILDERS = {
+    "rmt_infer": _rmt_infer,
+    "naive_infer": _naive_infer,
+    "naive_train": _naive_train,
+    "whole_infer": _whole_infer,
+    "whole_train": _whole_train,
+    "bert_infer": _bert_infer,
+    "bert_train": _bert_train,
+}

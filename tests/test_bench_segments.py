@@ -1,0 +1,183 @@
+"""rmt-bench at a toy size: every method runs, reports are written, sweeps merge.
+
+No timing asserts: a toy model's times are noise. What is asserted is what could be
+wrong regardless of the machine: the FLOP model, the fits, the skip rule, the files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_module
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks.report import crossover, linear_fit
+from benchmarks.segments import plan, project, run_bench, skip_reason
+from benchmarks.workloads import METHODS, Point, build
+
+TOY = [
+    "model.d_model=32",
+    "model.n_layers=1",
+    "model.n_heads=2",
+    "vocab_size=64",
+    "segment_tokens=16",
+    "memory_tokens=2",
+    "bptt_depth=0",
+    "batch_size=2",
+    "repeats=1",
+    "warmup=0",
+    "device=cpu",
+    "threads=1",
+    "progress=false",
+]
+
+
+def bench_config(overrides: list[str]):
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        return compose("bench", [*TOY, *overrides])
+
+
+def toy_point(method: str, segments: int = 3) -> Point:
+    model = {"vocab_size": 64, "d_model": 32, "n_layers": 2, "n_heads": 2, "kernels": "torch"}
+    return Point(
+        method=method,
+        segments=segments,
+        batch_size=2,
+        segment_tokens=16,
+        memory_tokens=2,
+        bptt_depth=1,
+        model=tuple(sorted(model.items())),
+        label_fraction=0.15,
+        device="cpu",
+        dtype="float32",
+        threads=None,
+        warmup=0,
+        repeats=1,
+    )
+
+
+SWEEPING = ("rmt_replay", "rmt_truncated")  # autograd.Function sweeps hide from the counter
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in SWEEPING])
+def test_model_flops_match_torch_flop_counter(method):
+    """The analytic FLOPs each method reports are the matmul FLOPs torch counts.
+
+    SDPA's math backend is forced while counting: the counter sees its matmuls, not the
+    fused CPU kernel's. Checkpointing recomputes forwards, which MFU must not count.
+    """
+    workload = build(toy_point(method))
+    workload.step()
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        workload.step()
+    counted = counter.get_total_flops()
+    if method == "rmt_checkpoint":
+        assert workload.model_flops < counted < 1.4 * workload.model_flops
+    else:
+        assert counted == workload.model_flops
+
+
+@pytest.mark.parametrize("method", SWEEPING)
+def test_sweeping_modes_count_the_model_flops_of_full_bptt(method):
+    assert build(toy_point(method)).model_flops == build(toy_point("rmt_full")).model_flops
+
+
+def test_toy_run_writes_a_record_per_point_and_reports(tmp_path):
+    cfg = bench_config(["segments.infer=[1,2]", "segments.train=[1,2]"])
+    records = run_bench(cfg, tmp_path)
+    assert sorted((r["method"], r["segments"]) for r in records) == sorted(
+        (m, n) for m in METHODS for n in (1, 2)
+    )
+    for record in records:
+        assert record["status"] == "ok", record
+        assert record["min_s"] <= record["median_s"] <= record["max_s"]
+        assert record["tokens_per_s"] == pytest.approx(
+            record["content_tokens"] / record["median_s"]
+        )
+        assert record["peak_mb"] > record["step_peak_delta_mb"] >= 0
+        assert 0 < record["mfu"] < 1
+    lines = (tmp_path / "points.jsonl").read_text().splitlines()
+    assert [json.loads(line)["method"] for line in lines] == [r["method"] for r in records]
+    with (tmp_path / "points.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == len(records)
+    env = json.loads((tmp_path / "environment.json").read_text())
+    assert env["matmul_flops_per_s"] > 0 and env["device"] == "cpu" and env["torch"]
+    document = json.loads((tmp_path / "fits.json").read_text())
+    (group,) = document["groups"].values()
+    assert set(group["methods"]) == set(METHODS)
+    assert set(group["slope_ratios"]["rmt_infer"]) <= {"naive_infer", "whole_infer", "bert_infer"}
+    table = (tmp_path / "fits.md").read_text()
+    assert all(f"| {m} |" in table for m in METHODS)
+    assert (tmp_path / "infer.png").stat().st_size > 0 and (tmp_path / "train.png").exists()
+
+
+def test_multirun_merges_its_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    command = [
+        sys.executable, "-m", "benchmarks.segments", "-m", *TOY, "batch_size=1,2",
+        "methods=[rmt_infer,whole_infer]", "segments.infer=[1,2]", f"hydra.sweep.dir={sweep}",
+    ]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    merged = [json.loads(line) for line in (sweep / "points.jsonl").read_text().splitlines()]
+    assert sorted({(r["job"], r["batch_size"]) for r in merged}) == [("0", 1), ("1", 2)]
+    assert len(merged) == 2 * 2 * 2
+    document = json.loads((sweep / "fits.json").read_text())
+    assert len(document["groups"]) == 2 and len(document["environment"]) == 2
+    assert (sweep / "infer_0.png").exists() and (sweep / "infer_1.png").exists()
+
+
+def test_unknown_method_is_a_clear_error():
+    command = [sys.executable, "-m", "benchmarks.segments", *TOY, "methods=[rmt_fast]"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert "methods: ['rmt_fast'] unknown" in run.stderr and "rmt_infer" in run.stderr
+
+
+def test_plan_orders_points_by_method_then_segments():
+    cfg = bench_config(["methods=[rmt_replay,rmt_infer]", "segments.train=[4,1,2]"])
+    points = plan(cfg)
+    assert [(p.method, p.segments) for p in points][:4] == [
+        ("rmt_replay", 1), ("rmt_replay", 2), ("rmt_replay", 4), ("rmt_infer", 1),
+    ]  # fmt: skip
+    assert all(p.device == "cpu" and p.dtype == "float32" for p in points)
+
+
+def test_linear_fit_recovers_a_line_and_scores_the_misfit():
+    line = linear_fit([(n, 0.5 * n + 2.0) for n in (1, 2, 4, 8)])
+    assert line["slope"] == pytest.approx(0.5) and line["intercept"] == pytest.approx(2.0)
+    assert line["r2"] == pytest.approx(1.0)
+    quadratic = linear_fit([(n, float(n * n)) for n in (1, 2, 4, 8, 16)])
+    assert quadratic["r2"] < 0.95
+    assert linear_fit([(4, 1.0), (4, 2.0)]) is None
+
+
+def test_projection_and_skip_rule():
+    assert project([(2, 10.0), (4, 40.0)], 8) == pytest.approx(160.0)  # quadratic
+    assert project([(2, 10.0), (4, 11.0)], 8) == pytest.approx(22.0)  # at least linear
+    cfg = bench_config(["max_gb=1", "max_point_s=100"])
+    history = [
+        {"method": "whole_train", "segments": n, "status": "ok", "peak_mb": mb, "median_s": 1.0}
+        for n, mb in ((2, 100.0), (4, 400.0))
+    ]
+    assert "projected 1.6 GB > max_gb=1" in skip_reason(history, toy_point("whole_train", 8), cfg)
+    assert skip_reason(history, toy_point("whole_train", 4), cfg) is None
+    failed = [{"method": "whole_train", "segments": 2, "status": "failed: exit code -9"}]
+    reason = skip_reason(failed, toy_point("whole_train", 4), cfg)
+    assert reason == "skipped: a smaller point failed"
+
+
+def test_crossover_reports_where_recurrence_wins():
+    def record(method, n, seconds):
+        return {"method": method, "segments": n, "status": "ok", "median_s": seconds}
+
+    records = [record("rmt_infer", n, 1.0 * n) for n in (1, 2, 4, 8)]
+    records += [record("whole_infer", n, 0.5 * n * n) for n in (1, 2, 4)]
+    cross = crossover(records, "rmt_infer", "whole_infer")
+    assert cross["rmt_faster_from"] == 4
+    assert cross["whole_last_measured"] == 4 and cross["rmt_beyond_whole"] == 8

@@ -14,8 +14,9 @@ tokens), in `--dtype` (bf16 by default):
 Providers: `torch` (the `kernels.reference` op, eager), `compile` (the same function
 through `torch.compile`), `triton` (the `kernels=triton` op table). Memory-bound kernels
 get GB/s from a minimal traffic model (each tensor the op must read or write, once, fwd
-and bwd; the same bytes for every provider); the loss gets its peak memory above the
-inputs (`torch.cuda.max_memory_allocated`).
+and bwd; the same bytes for every provider) and its fraction of the device's own copy
+bandwidth, measured in the same run (`benchmarks.measure.copy_bandwidth`); the loss gets
+its peak memory above the inputs (`torch.cuda.max_memory_allocated`).
 
 Then one training step of the `base` model (conf/model/base.yaml, vocab 32768, memory
 runner with 16 memory tokens, 512-token segments, bf16 autocast, AdamW) with
@@ -43,7 +44,7 @@ from einops import rearrange
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from benchmarks.measure import MB, head_flops, matmul_peak, segment_flops
+from benchmarks.measure import MB, copy_bandwidth, head_flops, matmul_peak, segment_flops
 from kernels import get_ops, reference, resolve_backend
 from rmt import Encoder, EncoderConfig, MemoryRunner, MLMHead
 
@@ -54,7 +55,8 @@ LABEL_FRACTION = 0.15
 QUANTILES = [0.5, 0.2, 0.8]
 FIELDS = [
     "device", "case", "provider", "width", "rows", "dtype",
-    "ms_median", "ms_p20", "ms_p80", "gb_per_s", "peak_mb", "tokens_per_s", "mfu",
+    "ms_median", "ms_p20", "ms_p80", "gb_per_s", "bandwidth_fraction", "peak_mb",
+    "tokens_per_s", "mfu",
 ]  # fmt: skip
 
 
@@ -167,6 +169,7 @@ def peak_mb(step: Callable[[], None], device: str) -> float | None:
 def bench_kernels(args, device: str, dtype: torch.dtype) -> list[dict]:
     rows_out = []
     found = providers(args.dry_run)
+    bandwidth = copy_bandwidth(device, 1 if args.dry_run else None)  # bytes/s
     for width in args.widths:
         for case in cases(width, args.rows, device, dtype, args.vocab):
             for provider, ops in found.items():
@@ -178,6 +181,7 @@ def bench_kernels(args, device: str, dtype: torch.dtype) -> list[dict]:
                     "case": case.name, "provider": provider, "width": width, "rows": case.rows,
                     "ms_median": ms, "ms_p20": p20, "ms_p80": p80,
                     "gb_per_s": case.bytes / ms / 1e6 if case.bytes else None,
+                    "bandwidth_fraction": case.bytes / ms * 1e3 / bandwidth if case.bytes else None,
                     "peak_mb": peak_mb(step, device) if case.bytes is None else None,
                 }  # fmt: skip
                 rows_out.append(row)

@@ -83,6 +83,20 @@ def head_flops(config: EncoderConfig, tokens: int) -> int:
     return 2 * tokens * config.d_model * (config.d_model + config.vocab_size)
 
 
+def _median_seconds(step, device: str, reps: int) -> float:
+    """Median wall time of `reps` calls of `step` after two untimed ones."""
+    times = []
+    for _ in range(reps + 2):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[2:])
+
+
 def matmul_peak(device: str, dtype: torch.dtype, size: int | None = None, reps: int = 10) -> float:
     """The device's own dense matmul FLOP/s: the median of `reps` square matmuls.
 
@@ -92,16 +106,18 @@ def matmul_peak(device: str, dtype: torch.dtype, size: int | None = None, reps: 
     size = size or (8192 if device == "cuda" else 2048)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    times = []
-    for _ in range(reps + 2):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return 2.0 * size**3 / statistics.median(times[2:])
+    return 2.0 * size**3 / _median_seconds(lambda: torch.matmul(a, b), device, reps)
+
+
+def copy_bandwidth(device: str, mb: int | None = None, reps: int = 10) -> float:
+    """The device's own memory bandwidth, bytes/s: a copy of `mb` MiB (read + write).
+
+    The denominator for memory-bound kernels' GB/s, measured rather than a datasheet's.
+    """
+    elements = (mb or (1024 if device == "cuda" else 256)) * MB // 4
+    source = torch.ones(elements, device=device)
+    target = torch.empty_like(source)
+    return 2.0 * 4 * elements / _median_seconds(lambda: target.copy_(source), device, reps)
 
 
 def fork_context(preload: list[str]) -> mp.context.BaseContext:

@@ -91,11 +91,15 @@ def fits(records: list[dict]) -> dict:
 
 
 def crossover(records: list[dict], rmt: str, whole: str) -> dict:
-    """The first segment count where `rmt`'s step beats `whole`'s, or where whole gave up."""
+    """From which segment count on `rmt`'s step beats `whole`'s, and where whole gave up.
+
+    "From n on": faster at n and at every larger count both measured, so one noisy
+    small point does not make a crossover.
+    """
     rmt_time = dict(ok_points(records, rmt, "median_s"))
     whole_time = dict(ok_points(records, whole, "median_s"))
     shared = sorted(set(rmt_time) & set(whole_time))
-    faster = [n for n in shared if rmt_time[n] < whole_time[n]]
+    faster = [n for n in shared if all(rmt_time[m] < whole_time[m] for m in shared if m >= n)]
     beyond = sorted(n for n in rmt_time if n > max(whole_time, default=0))
     return {
         "rmt": rmt,
@@ -246,11 +250,11 @@ def plot(records: list[dict], group: str, kind: str, path: Path) -> None:
                 xs, ys = zip(*points, strict=True)
                 style = "-" if method.startswith("rmt_") else "--"
                 ax.plot(xs, ys, style, marker="o", ms=3, label=method)
-        reference = next(
-            (p for m in RMT_METHODS[kind] for p in ok_points(records, m, field) if p[1] > 0), None
+        rmt_points = next(
+            (points for m in RMT_METHODS[kind] if (points := ok_points(records, m, field))), []
         )
-        if reference:  # proportional to segments, through the RMT's first point
-            n0, y0 = reference
+        if rmt_points and rmt_points[-1][1] > 0:  # ∝ segments, through the RMT's last point
+            n0, y0 = rmt_points[-1]
             ax.plot(counts, [y0 * n / n0 for n in counts], "k:", lw=1, label="∝ segments")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -268,10 +272,19 @@ def plot(records: list[dict], group: str, kind: str, path: Path) -> None:
 
 
 def summarize(sweep_dir: str | Path) -> dict:
-    """Merge every job's points.jsonl under `sweep_dir` and write the reports there."""
+    """Merge every job's points.jsonl under `sweep_dir` and write the reports there.
+
+    A single job's directory (its own points.jsonl) gets its reports written again.
+    """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"no sweep directory at {sweep_dir}")
+    if (sweep_dir / "points.jsonl").is_file() and (sweep_dir / ".hydra").is_dir():
+        records = [
+            json.loads(line) for line in (sweep_dir / "points.jsonl").read_text().splitlines()
+        ]
+        env = json.loads((sweep_dir / "environment.json").read_text())
+        return write_reports(records, env, sweep_dir)
     jobs = sorted(
         (d for d in sweep_dir.iterdir() if (d / "points.jsonl").is_file()),
         key=lambda d: (len(d.name), d.name),
@@ -280,7 +293,7 @@ def summarize(sweep_dir: str | Path) -> dict:
         raise FileNotFoundError(f"{sweep_dir} holds no rmt-bench job (no */points.jsonl)")
     records, envs = [], []
     for job in jobs:
-        job_records = [json.loads(line) for line in (job / "points.jsonl").read_text().splitlines()]
+        job_records = read_points(job / "points.jsonl")
         for record in job_records:
             record["job"] = job.name
             record["group"] = group_label(record)
@@ -296,6 +309,10 @@ def summarize(sweep_dir: str | Path) -> dict:
             record["group"] = f"{group_label(record)} (job {record['job']})"
     (sweep_dir / "points.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return write_reports(records, envs, sweep_dir)
+
+
+def read_points(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 class SummaryCallback(Callback):

@@ -7,7 +7,8 @@
 Every (method, segments) point runs in a fresh process forked from a server that has
 imported only torch and rmt, so its peak memory is its own: CPU peak RSS (VmHWM, reset
 when the point's model and batch are built) or `torch.cuda.max_memory_allocated`. The
-point's `warmup` steps are untimed, then `repeats` steps give the median, min and max.
+point's `warmup` steps are untimed, then at least `repeats` steps and `min_time_s` of
+them give the median, min and max.
 The device's own matmul FLOP/s is measured once per job, in a fresh process too, as the
 denominator of model FLOPs utilization (MFU).
 
@@ -59,20 +60,26 @@ def measure_point(point: Point) -> dict:
     else:
         baseline = status_bytes("VmRSS")
         reset_peak_rss()
-    times = []
-    for i in range(point.warmup + point.repeats):
+    for _ in range(point.warmup):
+        workload.step()
+    times: list[float] = []
+    # At least `repeats` steps and `min_time_s` of them: a millisecond step timed three
+    # times is noise, a minute-long one timed three times is enough.
+    while len(times) < point.repeats or sum(times) < point.min_time_s:
+        if cuda:
+            torch.cuda.synchronize()
         start = time.perf_counter()
         workload.step()
         if cuda:
             torch.cuda.synchronize()
-        if i >= point.warmup:
-            times.append(time.perf_counter() - start)
+        times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() if cuda else status_bytes("VmHWM")
     median = statistics.median(times)
     return {
         "status": "ok",
         "median_s": median,
         "min_s": min(times),
+        "repeats": len(times),
         "max_s": max(times),
         "tokens_per_s": point.content_tokens / median,
         "s_per_segment": median / point.segments,
@@ -130,6 +137,7 @@ def plan(cfg: DictConfig) -> list[Point]:
             threads=cfg.threads,
             warmup=cfg.warmup,
             repeats=cfg.repeats,
+            min_time_s=cfg.min_time_s,
             seed=cfg.seed,
         )
         for method in dict.fromkeys(cfg.methods)

@@ -65,6 +65,7 @@ class Point:
     threads: int | None
     warmup: int
     repeats: int
+    min_time_s: float = 0.0
     seed: int = 0
 
     @property

@@ -35,10 +35,13 @@ from torch.utils.checkpoint import checkpoint
 
 from rmt.encoder import Encoder
 from rmt.heads import IGNORE_INDEX, MLMHead
+from rmt.heap import release_free_heap
 
 BACKPROP_MODES = ("full", "truncated", "checkpoint", "replay")
 RECOMPUTING = ("checkpoint", "replay")  # modes whose backward sweep recomputes each segment
 LOSS_ON = ("all", "last")
+# Replay on the CPU returns freed heap pages to the OS every this many segments (rmt.heap).
+TRIM_EVERY = 8
 
 
 @dataclass
@@ -329,7 +332,10 @@ class _SegmentSweep(torch.autograd.Function):
         # what DDP's and ZeRO's gradient hooks expect.
         totals: list[torch.Tensor | None] = [None] * len(params)
         streams: list[tuple[int, torch.Tensor]] = []  # (loss index t, cotangent on mem_out)
+        on_cpu = ctx.inputs is not None and ctx.inputs.device.type == "cpu"
         for j in reversed(range(len(ctx.segments))):
+            if on_cpu and j % TRIM_EVERY == 0:
+                release_free_heap()
             mem_in, new_memory, loss_sum = _segment_graph(ctx, j)
             streams = [(t, c) for t, c in streams if depth < 0 or t - j <= depth]
             w = ctx.weights[j] * grad_loss

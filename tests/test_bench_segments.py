@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_module
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.report import crossover, linear_fit
+from benchmarks.report import crossover, linear_fit, summarize
 from benchmarks.segments import plan, project, run_bench, skip_reason
 from benchmarks.workloads import METHODS, Point, build
 
@@ -31,6 +31,7 @@ TOY = [
     "batch_size=2",
     "repeats=1",
     "warmup=0",
+    "min_time_s=0",
     "device=cpu",
     "threads=1",
     "progress=false",
@@ -130,6 +131,9 @@ def test_multirun_merges_its_jobs(tmp_path):
     document = json.loads((sweep / "fits.json").read_text())
     assert len(document["groups"]) == 2 and len(document["environment"]) == 2
     assert (sweep / "infer_0.png").exists() and (sweep / "infer_1.png").exists()
+    (sweep / "0" / "fits.md").unlink()  # one job's own reports can be written again
+    summarize(sweep / "0")
+    assert "| rmt_infer |" in (sweep / "0" / "fits.md").read_text()
 
 
 def test_unknown_method_is_a_clear_error():
@@ -177,7 +181,8 @@ def test_crossover_reports_where_recurrence_wins():
         return {"method": method, "segments": n, "status": "ok", "median_s": seconds}
 
     records = [record("rmt_infer", n, 1.0 * n) for n in (1, 2, 4, 8)]
-    records += [record("whole_infer", n, 0.5 * n * n) for n in (1, 2, 4)]
+    # Faster at 1 segment (noise), a tie at 2, then faster for good from 4.
+    records += [record("whole_infer", n, s) for n, s in ((1, 1.5), (2, 2.0), (4, 8.0))]
     cross = crossover(records, "rmt_infer", "whole_infer")
     assert cross["rmt_faster_from"] == 4
     assert cross["whole_last_measured"] == 4 and cross["rmt_beyond_whole"] == 8

@@ -8,6 +8,8 @@ must be at most twice torch's own bf16 error.
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 import torch
 from einops import rearrange
@@ -303,6 +305,9 @@ def test_kernel_benchmark_dry_run_writes_its_csv(tmp_path):
     providers = {line.split(",")[2] for line in lines[1:]}
     assert "torch" in providers and ("triton" in providers) == (not CUDA)
     assert len(lines) == 1 + 7 * len(providers)  # 6 kernels + the training step
+    rows = list(csv.DictReader(lines))
+    memory_bound = [r for r in rows if r["gb_per_s"]]
+    assert memory_bound and all(float(r["bandwidth_fraction"]) > 0 for r in memory_bound)
 
 
 # -- CUDA: bf16 accuracy and the loss's memory --------------------------------------------

@@ -10,6 +10,24 @@ from kernels import get_ops
 from kernels.reference import IGNORE_INDEX
 
 
+class VocabProjection(nn.Linear):
+    """The d_model -> vocab projection; given labels, the fused linear + cross-entropy.
+
+    Both go through this module's own call, so engines that gather a module's parameters
+    around its forward (DeepSpeed ZeRO-3) hand the loss the whole weight, not a shard.
+    """
+
+    def __init__(self, d_model: int, vocab_size: int, ops) -> None:
+        super().__init__(d_model, vocab_size)
+        self.ops = ops
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits, or with `labels` the summed cross-entropy (logits never all held)."""
+        if labels is None:
+            return super().forward(x)
+        return self.ops.linear_cross_entropy(x, self.weight, self.bias, labels)
+
+
 class MLMHead(nn.Module):
     """BERT-style masked-LM head: dense + GELU + LayerNorm, then a (tied) vocab projection.
 
@@ -27,10 +45,9 @@ class MLMHead(nn.Module):
         kernels: str = "auto",
     ):
         super().__init__()
-        self.ops = get_ops(kernels)
         self.dense = nn.Linear(d_model, d_model)
         self.norm = nn.LayerNorm(d_model)
-        self.decoder = nn.Linear(d_model, vocab_size)
+        self.decoder = VocabProjection(d_model, vocab_size, get_ops(kernels))
         nn.init.normal_(self.dense.weight, std=0.02)
         nn.init.zeros_(self.dense.bias)
         nn.init.zeros_(self.decoder.bias)
@@ -50,10 +67,7 @@ class MLMHead(nn.Module):
     def loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed cross-entropy over labelled positions and their count (both 0-dim)."""
         selected = labels != IGNORE_INDEX
-        features, decoder = self.features(hidden[selected]), self.decoder
-        total = self.ops.linear_cross_entropy(
-            features, decoder.weight, decoder.bias, labels[selected]
-        )
+        total = self.decoder(self.features(hidden[selected]), labels[selected])
         return total, selected.sum()
 
     def correct(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -138,16 +138,21 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def load_model(
-    path: str | os.PathLike, device: str | torch.device = "cpu"
+    path: str | os.PathLike, device: str | torch.device = "cpu", kernels: str = "auto"
 ) -> tuple[MemoryRunner, DNATokenizer]:
-    """Load (runner with its MLM head, tokenizer) from a checkpoint or run directory."""
+    """Load (runner with its MLM head, tokenizer) from a checkpoint or run directory.
+
+    `kernels` replaces the backend the model was trained with: it is a property of the
+    machine that runs the model, not of its weights (a model trained with
+    `kernels=triton` on a GPU loads on a laptop).
+    """
     ckpt = resolve_checkpoint(path)
     config = json.loads((ckpt / "config.json").read_text())
     if config.get("format") != FORMAT:
         raise ValueError(
             f"{ckpt / 'config.json'}: unknown checkpoint format {config.get('format')!r}"
         )
-    encoder_config = EncoderConfig.from_dict(config["encoder"])
+    encoder_config = EncoderConfig.from_dict({**config["encoder"], "kernels": kernels})
     runner = build_runner(encoder_config, config["runner"])
     load_weights(runner, ckpt / "model.safetensors", device)
     runner.to(device).eval()

@@ -572,7 +572,7 @@ def run_jobs(cfg, out: Path, genome, checkpoint: Path, fasta, state, started: fl
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
-    runner, tokenizer = load_model(checkpoint, device)
+    runner, tokenizer = load_model(checkpoint, device, cfg.kernels)
     jobs = load_plan(cfg, out, genome, tokenizer, runner)
     streamer = Streamer(
         cfg, runner, tokenizer, genome, jobs, out, device, autocast_dtype(cfg.precision, device)

@@ -98,6 +98,21 @@ def test_checkpoint_reloads_to_identical_outputs(tmp_path):
     assert state["step"] == 6 and runner.segment_tokens == 32 and runner.num_memory_tokens == 4
 
 
+def test_a_model_trained_with_triton_kernels_loads_where_they_cannot_run(tmp_path, monkeypatch):
+    """The kernel backend belongs to the machine, not the checkpoint."""
+    cfg = compose_config(overrides=[*FAST_TRAIN, "kernels=torch"])
+    train(cfg, tmp_path)
+    ckpt = tmp_path / "checkpoints" / "step-00000006"
+    config = json.loads((ckpt / "config.json").read_text())
+    config["encoder"]["kernels"] = "triton"  # as written by a run on a GPU
+    (ckpt / "config.json").write_text(json.dumps(config))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # a CPU without the interpreter
+    runner, _ = load_model(ckpt)
+    assert runner.encoder.config.kernels == "auto"
+    with pytest.raises(ValueError, match="kernels=triton needs a CUDA GPU"):
+        load_model(ckpt, kernels="triton")
+
+
 def test_resume_continues_the_same_loss_trajectory(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     train(compose_config(overrides=FAST_TRAIN), straight)

@@ -37,8 +37,8 @@ from pathlib import Path
 import torch
 
 from benchmarks import measure
-from benchmarks.measure import MB, fork_context, reset_peak_rss, run_isolated, status_bytes
-from rmt import Encoder, EncoderConfig, MemoryRunner, MLMHead
+from benchmarks.measure import MB, fork_context, read_peak, run_isolated, start_peak
+from rmt import EncoderConfig, MemoryRunner, build_runner
 from rmt.runner import BACKPROP_MODES
 
 REPLAY_RATIO_LIMIT = 1.5
@@ -119,15 +119,14 @@ def build_step(point: Point) -> tuple[MemoryRunner, torch.Tensor, torch.Tensor]:
         n_heads=point.heads,
         kernels="torch",
     )
-    encoder = Encoder(config)
-    head = MLMHead(point.d_model, point.vocab, encoder.embed_tokens)
-    runner = MemoryRunner(
-        encoder,
-        num_memory_tokens=point.memory_tokens,
-        segment_tokens=point.segment_tokens,
-        bptt_depth=point.bptt_depth,
-        head=head,
-        backprop=point.mode,
+    runner = build_runner(
+        config,
+        {
+            "num_memory_tokens": point.memory_tokens,
+            "segment_tokens": point.segment_tokens,
+            "bptt_depth": point.bptt_depth,
+            "backprop": point.mode,
+        },
     ).to(point.device)
     shape = (point.batch_size, point.segments * point.segment_tokens)
     input_ids = torch.randint(0, point.vocab, shape, device=point.device)
@@ -156,20 +155,11 @@ def measure_point(point: Point) -> dict:
     """Run one training step of `point` in this process; its memory and time."""
     warm_up(point)
     runner, input_ids, labels = build_step(point)
-    cuda = point.device == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        baseline = torch.cuda.memory_allocated()
-    else:
-        baseline = status_bytes("VmRSS")
-        reset_peak_rss()
+    baseline = start_peak(point.device)
     start = time.perf_counter()
     runner(input_ids, labels=labels).loss.backward()
-    if cuda:
-        torch.cuda.synchronize()
+    peak = read_peak(point.device)  # synchronizes CUDA first
     elapsed = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() if cuda else status_bytes("VmHWM")
     return {
         "status": "ok",
         "baseline_mb": round(baseline / MB, 1),

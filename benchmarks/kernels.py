@@ -44,9 +44,18 @@ from einops import rearrange
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from benchmarks.measure import MB, copy_bandwidth, head_flops, matmul_peak, segment_flops
+from benchmarks.measure import (
+    MB,
+    copy_bandwidth,
+    head_flops,
+    matmul_peak,
+    read_peak,
+    segment_flops,
+    start_peak,
+    step_times,
+)
 from kernels import get_ops, reference, resolve_backend
-from rmt import Encoder, EncoderConfig, MemoryRunner, MLMHead
+from rmt import EncoderConfig, build_runner
 
 RESULTS = Path(__file__).parent / "results"
 VOCAB = 32768
@@ -158,12 +167,9 @@ def peak_mb(step: Callable[[], None], device: str) -> float | None:
     """Memory one step allocates above what was live before it (CUDA only)."""
     if device != "cuda":
         return None
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
+    before = start_peak(device)
     step()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - before) / MB
+    return (read_peak(device) - before) / MB
 
 
 def bench_kernels(args, device: str, dtype: torch.dtype) -> list[dict]:
@@ -215,9 +221,8 @@ def train_step_rows(args, device: str) -> list[dict]:
             config = model_config("tiny", toy, 64, provider)
         else:
             config = model_config("base", [], args.vocab, provider)
-        encoder = Encoder(config)
-        head = MLMHead(config.d_model, config.vocab_size, encoder.embed_tokens, kernels=provider)
-        runner = MemoryRunner(encoder, memory, segment, head=head).to(device).train()
+        runner_config = {"num_memory_tokens": memory, "segment_tokens": segment}
+        runner = build_runner(config, runner_config).to(device).train()
         optimizer = torch.optim.AdamW(runner.parameters(), lr=1e-4)
         ids = torch.randint(5, config.vocab_size, (batch, segments * segment), device=device)
         labels = torch.where(torch.rand(ids.shape, device=device) < LABEL_FRACTION, ids, -100)
@@ -229,16 +234,9 @@ def train_step_rows(args, device: str) -> list[dict]:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-        times = []
-        for i in range(1 if args.dry_run else args.train_steps + 3):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            step()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            if i >= (0 if args.dry_run else 3):  # warm-up: allocator, autotuning, compiles
-                times.append(time.perf_counter() - start)
+        # Warm-up (allocator, autotuning, compiles) but for the dry run's single step.
+        reps, warmup = (1, 0) if args.dry_run else (args.train_steps, 3)
+        times = step_times(step, device, reps, warmup)
         seconds = statistics.median(times)
         flops = 3 * (
             batch * segments * segment_flops(config, segment, memory, head=False)

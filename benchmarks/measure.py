@@ -83,10 +83,10 @@ def head_flops(config: EncoderConfig, tokens: int) -> int:
     return 2 * tokens * config.d_model * (config.d_model + config.vocab_size)
 
 
-def _median_seconds(step, device: str, reps: int) -> float:
-    """Median wall time of `reps` calls of `step` after two untimed ones."""
+def step_times(step: Callable[[], Any], device: str, reps: int, warmup: int = 2) -> list[float]:
+    """Wall times of `reps` calls of `step` after `warmup` untimed ones (CUDA synchronized)."""
     times = []
-    for _ in range(reps + 2):
+    for _ in range(warmup + reps):
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -94,7 +94,34 @@ def _median_seconds(step, device: str, reps: int) -> float:
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return statistics.median(times[2:])
+    return times[warmup:]
+
+
+def median_seconds(step: Callable[[], Any], device: str, reps: int, warmup: int = 2) -> float:
+    """Median of `step_times`."""
+    return statistics.median(step_times(step, device, reps, warmup))
+
+
+def start_peak(device: str) -> int:
+    """Start measuring peak memory; returns the bytes in use now (the baseline).
+
+    CPU: the resident set, with VmHWM reset to it; CUDA: allocated bytes, peak stats reset.
+    """
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    baseline = status_bytes("VmRSS")
+    reset_peak_rss()
+    return baseline
+
+
+def read_peak(device: str) -> int:
+    """Peak bytes since `start_peak`."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
+    return status_bytes("VmHWM")
 
 
 def matmul_peak(device: str, dtype: torch.dtype, size: int | None = None, reps: int = 10) -> float:
@@ -106,7 +133,7 @@ def matmul_peak(device: str, dtype: torch.dtype, size: int | None = None, reps: 
     size = size or (8192 if device == "cuda" else 2048)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    return 2.0 * size**3 / _median_seconds(lambda: torch.matmul(a, b), device, reps)
+    return 2.0 * size**3 / median_seconds(lambda: torch.matmul(a, b), device, reps)
 
 
 def copy_bandwidth(device: str, mb: int | None = None, reps: int = 10) -> float:
@@ -117,7 +144,7 @@ def copy_bandwidth(device: str, mb: int | None = None, reps: int = 10) -> float:
     elements = (mb or (1024 if device == "cuda" else 256)) * MB // 4
     source = torch.ones(elements, device=device)
     target = torch.empty_like(source)
-    return 2.0 * 4 * elements / _median_seconds(lambda: target.copy_(source), device, reps)
+    return 2.0 * 4 * elements / median_seconds(lambda: target.copy_(source), device, reps)
 
 
 def fork_context(preload: list[str]) -> mp.context.BaseContext:

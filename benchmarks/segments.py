@@ -36,9 +36,9 @@ from benchmarks.measure import (
     environment,
     fork_context,
     matmul_peak,
-    reset_peak_rss,
+    read_peak,
     run_isolated,
-    status_bytes,
+    start_peak,
 )
 from benchmarks.workloads import METHODS, Point, build, kind
 from rmt.cli import MetricsLog, user_errors, write_json
@@ -53,13 +53,7 @@ def measure_point(point: Point) -> dict:
         torch.set_num_threads(point.threads)
     cuda = point.device == "cuda"
     workload = build(point)
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        baseline = torch.cuda.memory_allocated()
-    else:
-        baseline = status_bytes("VmRSS")
-        reset_peak_rss()
+    baseline = start_peak(point.device)
     for _ in range(point.warmup):
         workload.step()
     times: list[float] = []
@@ -73,7 +67,7 @@ def measure_point(point: Point) -> dict:
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() if cuda else status_bytes("VmHWM")
+    peak = read_peak(point.device)
     median = statistics.median(times)
     return {
         "status": "ok",

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.measure import head_flops, segment_flops
-from rmt import Encoder, EncoderConfig, MemoryRunner, MLMHead
+from rmt import Encoder, EncoderConfig, MemoryRunner, MLMHead, build_runner
 from rmt.heads import IGNORE_INDEX
 
 RMT_TRAIN = {f"rmt_{mode}": mode for mode in ("full", "truncated", "replay", "checkpoint")}
@@ -135,17 +135,13 @@ def _labelled(labels: torch.Tensor) -> int:
 
 
 def _runner(point: Point, config: EncoderConfig, backprop: str = "full") -> MemoryRunner:
-    encoder = Encoder(config)
-    head = MLMHead(config.d_model, config.vocab_size, encoder.embed_tokens)
-    runner = MemoryRunner(
-        encoder,
-        num_memory_tokens=point.memory_tokens,
-        segment_tokens=point.segment_tokens,
-        bptt_depth=point.bptt_depth if backprop == "truncated" else -1,
-        head=head,
-        backprop=backprop,
-    )
-    return runner.to(point.device)
+    runner_config = {
+        "num_memory_tokens": point.memory_tokens,
+        "segment_tokens": point.segment_tokens,
+        "bptt_depth": point.bptt_depth if backprop == "truncated" else -1,
+        "backprop": backprop,
+    }
+    return build_runner(config, runner_config).to(point.device)
 
 
 def _rmt_infer(point, config, input_ids, labels) -> Workload:
@@ -216,7 +212,7 @@ def _whole_infer(point, config, input_ids, labels) -> Workload:
 
 def _whole_train(point, config, input_ids, labels) -> Workload:
     encoder = Encoder(config)
-    head = MLMHead(config.d_model, config.vocab_size, encoder.embed_tokens)
+    head = MLMHead(config.d_model, config.vocab_size, encoder.embed_tokens, config.kernels)
     model = torch.nn.ModuleDict({"encoder": encoder, "head": head}).to(point.device)
 
     def loss() -> torch.Tensor:
@@ -260,7 +256,8 @@ def _bert_infer(point, config, input_ids, labels) -> Workload:
 
 def _bert_train(point, config, input_ids, labels) -> Workload:
     bert, flop_config = _bert(point, config)
-    head = MLMHead(config.d_model, config.vocab_size, bert.embeddings.word_embeddings)
+    embeddings = bert.embeddings.word_embeddings
+    head = MLMHead(config.d_model, config.vocab_size, embeddings, config.kernels)
     model = torch.nn.ModuleDict({"bert": bert, "head": head.to(point.device)}).train()
     count = max(_labelled(labels), 1)
 

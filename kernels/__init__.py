@@ -19,6 +19,7 @@ is read when a kernel is defined, and torch-only installs need no Triton at all.
 
 from __future__ import annotations
 
+import importlib
 from functools import cache
 from types import SimpleNamespace
 
@@ -28,6 +29,17 @@ from kernels import reference
 from kernels.device import interpreting
 
 BACKENDS = ("auto", "torch", "triton")
+# Every op of the table and the module of its Triton version (the torch one is in
+# `kernels.reference` under the same name).
+TRITON_MODULES = {
+    "add_rms_norm": "add_norm",
+    "add_layer_norm": "add_norm",
+    "swiglu": "glu",
+    "geglu": "glu",
+    "apply_rotary": "rotary",
+    "attention": "attention",
+    "linear_cross_entropy": "cross_entropy",
+}
 
 
 @cache
@@ -63,25 +75,12 @@ def get_ops(name: str) -> SimpleNamespace:
     """The op table for a backend: add_rms_norm, add_layer_norm, swiglu, geglu,
     apply_rotary, attention, linear_cross_entropy (signatures as in `kernels.reference`)."""
     if resolve_backend(name) == "torch":
-        return SimpleNamespace(
-            add_rms_norm=reference.add_rms_norm,
-            add_layer_norm=reference.add_layer_norm,
-            swiglu=reference.swiglu,
-            geglu=reference.geglu,
-            apply_rotary=reference.apply_rotary,
-            attention=reference.attention,
-            linear_cross_entropy=reference.linear_cross_entropy,
-        )
-    from kernels import add_norm, attention, cross_entropy, glu, rotary
-
+        return SimpleNamespace(**{op: getattr(reference, op) for op in TRITON_MODULES})
     return SimpleNamespace(
-        add_rms_norm=add_norm.add_rms_norm,
-        add_layer_norm=add_norm.add_layer_norm,
-        swiglu=glu.swiglu,
-        geglu=glu.geglu,
-        apply_rotary=rotary.apply_rotary,
-        attention=attention.attention,
-        linear_cross_entropy=cross_entropy.linear_cross_entropy,
+        **{
+            op: getattr(importlib.import_module(f"kernels.{module}"), op)
+            for op, module in TRITON_MODULES.items()
+        }
     )
 
 

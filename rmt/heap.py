@@ -3,9 +3,10 @@
 A backward sweep allocates and frees each segment's activations and gradients; on the
 CPU, glibc serves them from its heap, and the few long-lived tensors allocated between
 them keep the heap's freed pages resident. Peak memory then creeps up with the number
-of segments although the live tensors do not (replay, batch 4, 32k vocabulary: +90 %
-from 1 to 64 segments). Trimming every 8 segments returns those pages: +22 % at 64
-segments for ~3 % of step time (`rmt-bench methods=[rmt_replay]`). A no-op off glibc.
+of segments although the live tensors do not. Trimming every few segments
+(`rmt.runner.TRIM_EVERY`) returns those pages for a small share of step time; the
+effect is measured by `python -m benchmarks.backprop_memory` and `rmt-bench`
+(`rmt_replay`). A no-op off glibc.
 """
 
 from __future__ import annotations

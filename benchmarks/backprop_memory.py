@@ -117,12 +117,11 @@ def build_step(point: Point) -> tuple[MemoryRunner, torch.Tensor, torch.Tensor]:
         d_model=point.d_model,
         n_layers=point.layers,
         n_heads=point.heads,
-        kernels="torch",
     )
     runner = build_runner(
         config,
         {
-            "num_memory_tokens": point.memory_tokens,
+            "memory_tokens": point.memory_tokens,
             "segment_tokens": point.segment_tokens,
             "bptt_depth": point.bptt_depth,
             "backprop": point.mode,

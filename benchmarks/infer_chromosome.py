@@ -132,7 +132,7 @@ def rmt_point(checkpoint: str, region: str, out: str, streams: int, args: dict) 
     with initialize_config_module(config_module="conf", version_base="1.3"):
         summary = run_inference(compose("infer", overrides))
     runner, _ = load_model(checkpoint)
-    config, m = runner.encoder.config, runner.num_memory_tokens
+    config, m = runner.encoder.config, runner.memory_tokens
     flops = summary["model_segments"] * segment_flops(config, runner.segment_tokens, m, True)
     achieved = flops / summary["model_s"]
     batch = min(args["batch_size"], summary["streams"])
@@ -200,7 +200,7 @@ def paired_point(checkpoint: str, region: str, args: dict) -> dict:
     runner, tokenizer = load_model(checkpoint)
     genome = Genome(resolve_fasta(["bundled:ecoli"]), cache_dir=f"{args['work']}/fasta")
     stream = TokenStream(genome, genome.resolve_region(region), "+", tokenizer)
-    s, b, m = runner.segment_tokens, args["batch_size"], runner.num_memory_tokens
+    s, b, m = runner.segment_tokens, args["batch_size"], runner.memory_tokens
     config, rounds = runner.encoder.config, args["rounds"]
     batches = [torch.from_numpy(stream.take(b * s).ids.reshape(b, s)) for _ in range(rounds)]
     shapes = gemm_shapes(config, b * (s + m), b * s)
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": (
             f"d_model {config.d_model}, {config.n_layers} layers, {config.n_heads} heads, "
             f"{config.activation}, {config.norm}, vocab {config.vocab_size}; "
-            f"{runner.num_memory_tokens} memory tokens, {runner.segment_tokens}-token segments"
+            f"{runner.memory_tokens} memory tokens, {runner.segment_tokens}-token segments"
             + (f"; checkpoint {args.checkpoint}" if args.checkpoint else "; random weights")
         ),
         "command": " ".join(["python -m benchmarks.infer_chromosome", *(argv or sys.argv[1:])]),

@@ -195,12 +195,12 @@ def bench_kernels(args, device: str, dtype: torch.dtype) -> list[dict]:
     return rows_out
 
 
-def model_config(name: str, overrides: list[str], vocab: int, kernels: str) -> EncoderConfig:
+def model_config(name: str, overrides: list[str], vocab: int) -> EncoderConfig:
     """conf/model/<name>.yaml as rmt-train composes it."""
     with initialize_config_module(config_module="conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"model={name}", *overrides])
     model = OmegaConf.to_container(cfg.model)
-    return EncoderConfig.from_dict({**model, "vocab_size": vocab, "kernels": kernels})
+    return EncoderConfig.from_dict({**model, "vocab_size": vocab})
 
 
 def train_step_rows(args, device: str) -> list[dict]:
@@ -218,11 +218,11 @@ def train_step_rows(args, device: str) -> list[dict]:
         torch.manual_seed(0)
         if args.dry_run:
             toy = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2"]
-            config = model_config("tiny", toy, 64, provider)
+            config = model_config("tiny", toy, 64)
         else:
-            config = model_config("base", [], args.vocab, provider)
-        runner_config = {"num_memory_tokens": memory, "segment_tokens": segment}
-        runner = build_runner(config, runner_config).to(device).train()
+            config = model_config("base", [], args.vocab)
+        runner_config = {"memory_tokens": memory, "segment_tokens": segment}
+        runner = build_runner(config, runner_config, kernels=provider).to(device).train()
         optimizer = torch.optim.AdamW(runner.parameters(), lr=1e-4)
         ids = torch.randint(5, config.vocab_size, (batch, segments * segment), device=device)
         labels = torch.where(torch.rand(ids.shape, device=device) < LABEL_FRACTION, ids, -100)

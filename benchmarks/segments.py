@@ -42,6 +42,7 @@ from benchmarks.measure import (
 )
 from benchmarks.workloads import METHODS, Point, build, kind
 from rmt.cli import MetricsLog, user_errors, write_json
+from rmt.install import CONFIG_PATH
 
 PRELOAD = ["torch", "rmt", "benchmarks.workloads", "torch.fx.experimental.symbolic_shapes"]
 POINTS_FILE = "points.jsonl"
@@ -115,7 +116,6 @@ def plan(cfg: DictConfig) -> list[Point]:
             raise ValueError(f"segments.{name}={list(counts)}: give segment counts >= 1")
     device, dtype = resolve(cfg)
     model = {**OmegaConf.to_container(cfg.model), "vocab_size": cfg.vocab_size}
-    model["kernels"] = cfg.kernels
     return [
         Point(
             method=method,
@@ -125,6 +125,7 @@ def plan(cfg: DictConfig) -> list[Point]:
             memory_tokens=cfg.memory_tokens,
             bptt_depth=cfg.bptt_depth,
             model=tuple(sorted(model.items())),
+            kernels=cfg.kernels,
             label_fraction=cfg.label_fraction,
             device=device,
             dtype=dtype,
@@ -218,7 +219,7 @@ def describe(point: Point, result: dict, peak_flops: float) -> dict:
     return record
 
 
-@hydra.main(config_path="pkg://conf", config_name="bench", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="bench", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     with user_errors("rmt-bench"):

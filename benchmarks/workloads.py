@@ -59,6 +59,7 @@ class Point:
     memory_tokens: int
     bptt_depth: int
     model: tuple  # EncoderConfig items (a tuple keeps the point hashable and picklable)
+    kernels: str
     label_fraction: float
     device: str
     dtype: str
@@ -136,12 +137,12 @@ def _labelled(labels: torch.Tensor) -> int:
 
 def _runner(point: Point, config: EncoderConfig, backprop: str = "full") -> MemoryRunner:
     runner_config = {
-        "num_memory_tokens": point.memory_tokens,
+        "memory_tokens": point.memory_tokens,
         "segment_tokens": point.segment_tokens,
         "bptt_depth": point.bptt_depth if backprop == "truncated" else -1,
         "backprop": backprop,
     }
-    return build_runner(config, runner_config).to(point.device)
+    return build_runner(config, runner_config, kernels=point.kernels).to(point.device)
 
 
 def _rmt_infer(point, config, input_ids, labels) -> Workload:
@@ -166,7 +167,7 @@ def _rmt_train(point, config, input_ids, labels) -> Workload:
 
 def _naive_segments(runner: MemoryRunner, input_ids: torch.Tensor, memory: torch.Tensor):
     """Yield each segment's outputs (memory positions first), the memory carried."""
-    m = runner.num_memory_tokens
+    m = runner.memory_tokens
     for segment in input_ids.split(runner.segment_tokens, dim=1):
         x = torch.cat([memory, runner.encoder.embed(segment)], dim=1)
         outputs = runner.encoder.forward_embeddings(x)
@@ -187,7 +188,7 @@ def _naive_infer(point, config, input_ids, labels) -> Workload:
 
 def _naive_train(point, config, input_ids, labels) -> Workload:
     runner = _runner(point, config).train()
-    m = runner.num_memory_tokens
+    m = runner.memory_tokens
 
     def loss() -> torch.Tensor:
         outputs = _naive_segments(runner, input_ids, runner.init_memory(point.batch_size))
@@ -201,7 +202,7 @@ def _naive_train(point, config, input_ids, labels) -> Workload:
 
 
 def _whole_infer(point, config, input_ids, labels) -> Workload:
-    encoder = Encoder(config).to(point.device).eval()
+    encoder = Encoder(config, kernels=point.kernels).to(point.device).eval()
 
     @torch.inference_mode()
     def step() -> None:
@@ -211,8 +212,8 @@ def _whole_infer(point, config, input_ids, labels) -> Workload:
 
 
 def _whole_train(point, config, input_ids, labels) -> Workload:
-    encoder = Encoder(config)
-    head = MLMHead(config.d_model, config.vocab_size, encoder.embed_tokens, config.kernels)
+    encoder = Encoder(config, kernels=point.kernels)
+    head = MLMHead(config.d_model, config.vocab_size, encoder.embed_tokens, point.kernels)
     model = torch.nn.ModuleDict({"encoder": encoder, "head": head}).to(point.device)
 
     def loss() -> torch.Tensor:
@@ -257,7 +258,7 @@ def _bert_infer(point, config, input_ids, labels) -> Workload:
 def _bert_train(point, config, input_ids, labels) -> Workload:
     bert, flop_config = _bert(point, config)
     embeddings = bert.embeddings.word_embeddings
-    head = MLMHead(config.d_model, config.vocab_size, embeddings, config.kernels)
+    head = MLMHead(config.d_model, config.vocab_size, embeddings, point.kernels)
     model = torch.nn.ModuleDict({"bert": bert, "head": head.to(point.device)}).train()
     count = max(_labelled(labels), 1)
 

@@ -1,7 +1,7 @@
 """rmt: a BPE DNA encoder wrapped by a Recurrent Memory Transformer.
 
     from rmt import Encoder, EncoderConfig, MemoryRunner, load_model
-    runner = MemoryRunner(Encoder(EncoderConfig()), num_memory_tokens=8, segment_tokens=128)
+    runner = MemoryRunner(Encoder(EncoderConfig()), memory_tokens=8, segment_tokens=128)
     out = runner(input_ids, labels=labels)          # out.loss, out.segment_losses, out.memory
 
 The model modules (encoder, heads, runner) import neither training nor I/O code.

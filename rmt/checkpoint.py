@@ -27,17 +27,16 @@ from rmt.heads import MLMHead
 from rmt.runner import MemoryRunner
 
 FORMAT = "rmt-dna/1"
-RUNNER_KEYS = ("num_memory_tokens", "segment_tokens", "bptt_depth", "loss_on", "backprop")
+RUNNER_KEYS = ("memory_tokens", "segment_tokens", "bptt_depth", "loss_on", "backprop")
 
 
-def build_runner(encoder_config: EncoderConfig, runner_config: dict) -> MemoryRunner:
+def build_runner(
+    encoder_config: EncoderConfig, runner_config: dict, kernels: str = "auto"
+) -> MemoryRunner:
     """A fresh runner with an MLM head tied to the token embeddings."""
-    encoder = Encoder(encoder_config)
+    encoder = Encoder(encoder_config, kernels=kernels)
     head = MLMHead(
-        encoder_config.d_model,
-        encoder_config.vocab_size,
-        encoder.embed_tokens,
-        kernels=encoder_config.kernels,
+        encoder_config.d_model, encoder_config.vocab_size, encoder.embed_tokens, kernels=kernels
     )
     return MemoryRunner(encoder, head=head, **runner_config)
 
@@ -152,8 +151,11 @@ def load_model(
         raise ValueError(
             f"{ckpt / 'config.json'}: unknown checkpoint format {config.get('format')!r}"
         )
-    encoder_config = EncoderConfig.from_dict({**config["encoder"], "kernels": kernels})
-    runner = build_runner(encoder_config, config["runner"])
+    encoder = {k: v for k, v in config["encoder"].items() if k != "kernels"}  # older files
+    runner_options = dict(config["runner"])
+    if "num_memory_tokens" in runner_options:  # the name before 0.2
+        runner_options["memory_tokens"] = runner_options.pop("num_memory_tokens")
+    runner = build_runner(EncoderConfig.from_dict(encoder), runner_options, kernels=kernels)
     load_weights(runner, ckpt / "model.safetensors", device)
     runner.to(device).eval()
     return runner, load_tokenizer(ckpt / config["tokenizer"])

@@ -38,7 +38,6 @@ class EncoderConfig:
     dropout: float = 0.0
     tie_embeddings: bool = True
     init_std: float = 0.02
-    kernels: str = "auto"
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
@@ -147,10 +146,12 @@ class Block(nn.Module):
 class Encoder(nn.Module):
     """Token ids -> final hidden states (batch, length, d_model)."""
 
-    def __init__(self, config: EncoderConfig) -> None:
+    def __init__(self, config: EncoderConfig, kernels: str = "auto") -> None:
+        """`kernels` (auto | torch | triton) picks the backend of the fusable ops: a property
+        of the machine that runs the model, so it is not part of the saved config."""
         super().__init__()
         self.config = config
-        ops = get_ops(config.kernels)
+        ops = get_ops(kernels)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
         self.blocks = nn.ModuleList(Block(config, ops) for _ in range(config.n_layers))
         self.final_norm = Norm(config, ops)

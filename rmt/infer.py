@@ -44,6 +44,7 @@ from data.tokenizers import DNATokenizer, Encoding
 from rmt.checkpoint import load_model, resolve_checkpoint
 from rmt.cli import autocast_dtype, pick_device, user_errors, write_json
 from rmt.data_config import resolve_fasta
+from rmt.install import CONFIG_PATH
 from rmt.runner import MemoryRunner
 from rmt.writers import Piece, Spool, segment_dtype, token_dtype, write_store, write_tracks
 
@@ -334,7 +335,7 @@ class Streamer:
         d = runner.encoder.config.d_model
         store = cfg.embeddings.dtype
         self.token_dtype = token_dtype(d, store, cfg.embeddings.tokens)
-        self.segment_dtype = segment_dtype(d, runner.num_memory_tokens, store)
+        self.segment_dtype = segment_dtype(d, runner.memory_tokens, store)
         self.lanes: list[Lane] = []
         self.memory = runner.init_memory(0).detach().to(device)
         self.next_job = 0
@@ -528,7 +529,7 @@ def finalize(streamer: Streamer, cfg: DictConfig) -> list[str]:
     runner = streamer.runner
     attrs = {
         "segment_tokens": runner.segment_tokens,
-        "memory_tokens": runner.num_memory_tokens,
+        "memory_tokens": runner.memory_tokens,
         "d_model": runner.encoder.config.d_model,
         "coordinates": "0-based half-open, forward strand; strand -1 = reverse complement",
     }
@@ -631,7 +632,7 @@ def make_summary(cfg, streamer: Streamer, checkpoint, fasta, outputs, wall_s, de
     return summary
 
 
-@hydra.main(config_path="pkg://conf", config_name="infer", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="infer", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     with user_errors(PROGRAM):
         summary = run_inference(cfg)

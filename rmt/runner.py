@@ -1,7 +1,7 @@
 """The recurrent memory runner (RMT): long sequences as segments that pass memory along.
 
 A sequence of T content tokens is cut into segments of `segment_tokens`. Each segment
-is encoded together with `num_memory_tokens` memory vectors prepended to it; the
+is encoded together with `memory_tokens` memory vectors prepended to it; the
 encoder's outputs at those positions become the memory of the next segment. The
 first segment reads a learned memory.
 
@@ -91,7 +91,7 @@ class MemoryRunner(nn.Module):
     def __init__(
         self,
         encoder: Encoder,
-        num_memory_tokens: int,
+        memory_tokens: int,
         segment_tokens: int,
         bptt_depth: int = -1,
         head: MLMHead | None = None,
@@ -99,20 +99,20 @@ class MemoryRunner(nn.Module):
         backprop: str = "full",
     ) -> None:
         super().__init__()
-        if num_memory_tokens < 0 or segment_tokens < 1:
+        if memory_tokens < 0 or segment_tokens < 1:
             raise ValueError(
-                f"num_memory_tokens={num_memory_tokens} must be >= 0 and "
+                f"memory_tokens={memory_tokens} must be >= 0 and "
                 f"segment_tokens={segment_tokens} >= 1"
             )
         self.encoder = encoder
         self.head = head
-        self.num_memory_tokens = num_memory_tokens
+        self.memory_tokens = memory_tokens
         self.segment_tokens = segment_tokens
         self.bptt_depth = bptt_depth
         self.loss_on = loss_on
         self.backprop = backprop
         self.memory = LearnedMemory(
-            num_memory_tokens, encoder.config.d_model, encoder.config.init_std
+            memory_tokens, encoder.config.d_model, encoder.config.init_std
         )
 
     # -- settable knobs, validated on every assignment ------------------------------
@@ -202,7 +202,7 @@ class MemoryRunner(nn.Module):
         return list(zip(cut(input_ids), cut(mask), cut(labels), strict=True))
 
     def _encode_segment(self, memory, input_ids, mask):
-        m = self.num_memory_tokens
+        m = self.memory_tokens
         x = torch.cat(
             [memory.to(self.encoder.embed_tokens.weight.dtype), self.encoder.embed(input_ids)], 1
         )

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from data import train_bpe
 from rmt.cli import user_errors
 from rmt.data_config import heldout_regions, make_genome
+from rmt.install import CONFIG_PATH
 
 
 def build_tokenizer(cfg: DictConfig) -> dict:
@@ -39,7 +40,7 @@ def build_tokenizer(cfg: DictConfig) -> dict:
     return summary
 
 
-@hydra.main(config_path="pkg://conf", config_name="tokenizer", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="tokenizer", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     with user_errors("rmt-tokenizer"):
         summary = build_tokenizer(cfg)

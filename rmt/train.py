@@ -1,8 +1,8 @@
 """rmt-train: training of a recurrent-memory DNA encoder (a Hydra app).
 
     rmt-train                                   # tiny model, bundled E. coli, 1 -> 2 -> 4 segments
-    rmt-train model=small memory.num_tokens=16 trainer.max_steps=2000
-    rmt-train -m memory.num_tokens=4,8,16       # one run directory per job
+    rmt-train model=small memory.memory_tokens=16 trainer.max_steps=2000
+    rmt-train -m memory.memory_tokens=4,8,16       # one run directory per job
     rmt-train experiment=memorize               # the long-range memorize task
 
 The run directory gets `metrics.jsonl` (one line per logged step, evaluation and
@@ -37,6 +37,7 @@ from rmt.checkpoint import (
 from rmt.cli import MetricsLog, autocast_dtype, pick_device, user_errors, write_json
 from rmt.data_config import heldout_regions, make_genome, make_tokenizer
 from rmt.encoder import EncoderConfig
+from rmt.install import CONFIG_PATH
 from rmt.runner import MemoryRunner
 from rmt.strategy import (
     TrainModule,
@@ -55,19 +56,18 @@ log = logging.getLogger(__name__)
 
 def make_runner(cfg: DictConfig, tokenizer: DNATokenizer) -> MemoryRunner:
     model = OmegaConf.to_container(cfg.model)
-    encoder_config = EncoderConfig.from_dict(
-        {**model, "vocab_size": tokenizer.vocab_size, "kernels": cfg.kernels}
-    )
+    encoder_config = EncoderConfig.from_dict({**model, "vocab_size": tokenizer.vocab_size})
     m = cfg.memory
     return build_runner(
         encoder_config,
         {
-            "num_memory_tokens": m.num_tokens,
+            "memory_tokens": m.memory_tokens,
             "segment_tokens": m.segment_tokens,
             "bptt_depth": m.bptt_depth,
             "backprop": m.backprop,
             "loss_on": m.loss_on,
         },
+        kernels=cfg.kernels,
     )
 
 
@@ -266,7 +266,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     return result
 
 
-@hydra.main(config_path="pkg://conf", config_name="train", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict | float:
     """The Hydra task: returns the final metrics, or `objective`'s value for a sweeper."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)

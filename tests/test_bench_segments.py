@@ -44,7 +44,7 @@ def bench_config(overrides: list[str]):
 
 
 def toy_point(method: str, segments: int = 3) -> Point:
-    model = {"vocab_size": 64, "d_model": 32, "n_layers": 2, "n_heads": 2, "kernels": "torch"}
+    model = {"vocab_size": 64, "d_model": 32, "n_layers": 2, "n_heads": 2}
     return Point(
         method=method,
         segments=segments,
@@ -53,6 +53,7 @@ def toy_point(method: str, segments: int = 3) -> Point:
         memory_tokens=2,
         bptt_depth=1,
         model=tuple(sorted(model.items())),
+        kernels="torch",
         label_fraction=0.15,
         device="cpu",
         dtype="float32",

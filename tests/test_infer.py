@@ -38,9 +38,9 @@ def checkpoint(tmp_path_factory, lambda_bpe: BPETokenizer) -> Path:
     """A randomly initialised tiny RMT (4 memory tokens, 32-token segments) and its BPE."""
     torch.manual_seed(0)
     config = EncoderConfig(
-        vocab_size=lambda_bpe.vocab_size, d_model=32, n_layers=2, n_heads=2, kernels="torch"
+        vocab_size=lambda_bpe.vocab_size, d_model=32, n_layers=2, n_heads=2
     )
-    runner = build_runner(config, {"num_memory_tokens": 4, "segment_tokens": 32})
+    runner = build_runner(config, {"memory_tokens": 4, "segment_tokens": 32})
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model", runner, lambda_bpe)
 
 

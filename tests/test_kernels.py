@@ -228,9 +228,8 @@ def tiny_runner(backend: str, norm: str, activation: str) -> MemoryRunner:
     torch.manual_seed(0)
     config = EncoderConfig(
         vocab_size=50, d_model=32, n_layers=2, n_heads=2, norm=norm, activation=activation,
-        kernels=backend,
     )  # fmt: skip
-    encoder = Encoder(config)
+    encoder = Encoder(config, kernels=backend)
     head = MLMHead(32, 50, encoder.embed_tokens, kernels=backend)
     return MemoryRunner(encoder, 3, 8, head=head).to(DEVICE)
 

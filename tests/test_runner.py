@@ -13,7 +13,7 @@ VOCAB, D, SEG, MEM = 40, 32, 6, 3
 
 def make_runner(memory_tokens: int = MEM, tied: bool = True, **kwargs) -> MemoryRunner:
     torch.manual_seed(0)
-    config = EncoderConfig(vocab_size=VOCAB, d_model=D, n_layers=2, n_heads=2, kernels="torch")
+    config = EncoderConfig(vocab_size=VOCAB, d_model=D, n_layers=2, n_heads=2)
     encoder = Encoder(config)
     head = MLMHead(D, VOCAB, encoder.embed_tokens if tied else None)
     runner = MemoryRunner(encoder, memory_tokens, SEG, head=head, **kwargs)
@@ -194,7 +194,7 @@ def test_truncated_depth_is_settable_between_calls():
 def test_replay_keeps_dropout_masks_identical_in_the_recomputation():
     torch.manual_seed(0)
     config = EncoderConfig(
-        vocab_size=VOCAB, d_model=D, n_layers=2, n_heads=2, dropout=0.2, kernels="torch"
+        vocab_size=VOCAB, d_model=D, n_layers=2, n_heads=2, dropout=0.2
     )
     encoder = Encoder(config)
     runner = MemoryRunner(encoder, MEM, SEG, head=MLMHead(D, VOCAB, encoder.embed_tokens)).double()

@@ -29,7 +29,7 @@ TINY = [
 
 def test_multirun_writes_a_job_per_point_and_a_summary(tmp_path, capsys):
     sweep = tmp_path / "sweep"
-    command = [sys.executable, "-m", "rmt.train", "-m", *TINY, "memory.num_tokens=2,4"]
+    command = [sys.executable, "-m", "rmt.train", "-m", *TINY, "memory.memory_tokens=2,4"]
     proc = subprocess.run(
         [*command, f"hydra.sweep.dir={sweep}"], capture_output=True, text=True, timeout=600
     )
@@ -39,8 +39,8 @@ def test_multirun_writes_a_job_per_point_and_a_summary(tmp_path, capsys):
         assert status["status"] == "finished" and status["steps"] == 2
     rows = list(csv.DictReader((sweep / "summary.csv").open()))  # written by the callback
     assert [r["overrides"].split()[-1] for r in rows] == [
-        "memory.num_tokens=2",
-        "memory.num_tokens=4",
+        "memory.memory_tokens=2",
+        "memory.memory_tokens=4",
     ]
 
     # A job that never finished and one that failed are listed, not dropped.

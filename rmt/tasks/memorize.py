@@ -160,7 +160,7 @@ class MemorizeTask(Task):
             "barcode_bp": self.barcode_bp,
             "samples": n,
             "segment_tokens": runner.segment_tokens,
-            "memory_tokens": runner.num_memory_tokens,
+            "memory_tokens": runner.memory_tokens,
             "accuracy": {
                 str(s): self.accuracy(runner, s, n)["accuracy"] for s in self.report_segments
             },

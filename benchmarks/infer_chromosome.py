@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from datetime import datetime, timezone
 from multiprocessing import get_context
 from pathlib import Path
@@ -47,14 +48,13 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_module
 
-from benchmarks.measure import cpu_model, segment_flops
-from data import ECOLI_RECORD, Genome, Region
+from benchmarks.measure import MB, cpu_model, segment_flops, status_bytes
+from data import ECOLI_RECORD, Genome, Region, bundled_genome
 from data.streaming import TokenStream
-from rmt.checkpoint import load_model, save_checkpoint
-from rmt.data_config import heldout_regions, make_genome, make_tokenizer, resolve_fasta
-from rmt.encoder import EncoderConfig
-from rmt.infer import peak_rss_mb, run_inference, token_logprob
-from rmt.train import make_runner
+from rmt import EncoderConfig, build_runner, load_model, save_checkpoint
+from rmt.data_config import heldout_regions, make_genome, make_tokenizer
+from rmt.infer import InferDataOptions, InferOptions, ParallelOptions, run_inference
+from rmt.options import train_options
 
 RSS_RATIO_LIMIT = 1.15
 THROUGHPUT_RATIO_TARGET = 0.9
@@ -79,14 +79,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # -- the model ------------------------------------------------------------------------
 
 
+def ecoli(cache_dir: str | Path) -> Genome:
+    """The bundled E. coli chromosome (decompressed once into `cache_dir`)."""
+    return Genome(bundled_genome("ecoli"), cache_dir=cache_dir)
+
+
 def build_default_checkpoint(directory: Path) -> Path:
-    """The default tiny model with random weights, and a BPE trained as rmt-train would."""
+    """rmt-train's default model with random weights, and the BPE rmt-train would train
+    (on the same sequence: E. coli without its held-out tail)."""
     with initialize_config_module(config_module="conf", version_base="1.3"):
-        cfg = compose("train", [f"data.cache_dir={directory / 'fasta'}"])
-    genome = make_genome(cfg.data, heldout_regions(cfg.data))
-    tokenizer = make_tokenizer(cfg.tokenizer, genome, directory)
-    torch.manual_seed(cfg.seed)
-    return save_checkpoint(directory / "model", make_runner(cfg, tokenizer), tokenizer)
+        options = train_options(compose("train", [f"data.cache_dir={directory / 'fasta'}"]))
+    genome = make_genome(options.data, heldout_regions(options.data))
+    tokenizer = make_tokenizer(options.tokenizer, genome, directory)
+    model = EncoderConfig(**asdict(options.model), vocab_size=tokenizer.vocab_size)
+    torch.manual_seed(options.seed)
+    runner = build_runner(model, asdict(options.memory), kernels=options.kernels)
+    return save_checkpoint(directory / "model", runner, tokenizer)
 
 
 def gemm_shapes(config: EncoderConfig, rows: int, head_rows: int) -> list[tuple[int, int, int]]:
@@ -123,14 +131,14 @@ def matmul_flops_per_s(config: EncoderConfig, rows: int, head_rows: int) -> floa
 def rmt_point(checkpoint: str, region: str, out: str, streams: int, args: dict) -> dict:
     """rmt-infer over ``region`` into ``out``; its summary plus FLOP/s figures."""
     torch.set_num_threads(args["threads"])
-    overrides = [
-        f"checkpoint={checkpoint}", f"output={out}", f"regions=[{region}]",
-        f"data.cache_dir={args['work']}/fasta", f"batch_size={args['batch_size']}",
-        f"parallel.streams={streams}", f"parallel.burn_in={args['burn_in']}",
-        "parallel.min_bp=0", f"threads={args['threads']}", "progress=false", "overwrite=true",
-    ]  # fmt: skip
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        summary = run_inference(compose("infer", overrides))
+    options = InferOptions(
+        checkpoint=checkpoint, output=out, regions=[region],
+        data=InferDataOptions(cache_dir=f"{args['work']}/fasta"),
+        batch_size=args["batch_size"],
+        parallel=ParallelOptions(streams=streams, min_bp=0, burn_in=args["burn_in"]),
+        threads=args["threads"], progress=False, overwrite=True,
+    )  # fmt: skip
+    summary = run_inference(options)
     runner, _ = load_model(checkpoint)
     config, m = runner.encoder.config, runner.memory_tokens
     flops = summary["model_segments"] * segment_flops(config, runner.segment_tokens, m, True)
@@ -153,7 +161,7 @@ def windows_point(checkpoint: str, region: str, args: dict) -> dict:
     torch.set_num_threads(args["threads"])
     started = time.perf_counter()
     runner, tokenizer = load_model(checkpoint)
-    genome = Genome(resolve_fasta(["bundled:ecoli"]), cache_dir=f"{args['work']}/fasta")
+    genome = ecoli(f"{args['work']}/fasta")
     stream = TokenStream(genome, genome.resolve_region(region), "+", tokenizer)
     s, batch = runner.segment_tokens, args["batch_size"]
     bp = tokens = windows = 0
@@ -166,7 +174,7 @@ def windows_point(checkpoint: str, region: str, args: dict) -> dict:
         start = time.perf_counter()
         with torch.inference_mode():
             hidden = runner.encoder(ids_t, None if bool(valid.all()) else valid)
-            logprob = token_logprob(runner, hidden, ids_t)
+            logprob = runner.head.token_log_probs(hidden, ids_t)
             pooled = (hidden * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)
         model_s += time.perf_counter() - start
         logprob.numpy(), pooled.numpy()  # what a user would take away
@@ -174,7 +182,7 @@ def windows_point(checkpoint: str, region: str, args: dict) -> dict:
         tokens += len(chunk)
         windows += len(ids)
     wall_s = time.perf_counter() - started
-    peak = peak_rss_mb()
+    peak = status_bytes("VmHWM") / MB
     config = runner.encoder.config
     achieved = windows * segment_flops(config, s, 0, True) / model_s
     reference = matmul_flops_per_s(config, batch * s, batch * s)
@@ -198,7 +206,7 @@ def paired_point(checkpoint: str, region: str, args: dict) -> dict:
     """
     torch.set_num_threads(args["threads"])
     runner, tokenizer = load_model(checkpoint)
-    genome = Genome(resolve_fasta(["bundled:ecoli"]), cache_dir=f"{args['work']}/fasta")
+    genome = ecoli(f"{args['work']}/fasta")
     stream = TokenStream(genome, genome.resolve_region(region), "+", tokenizer)
     s, b, m = runner.segment_tokens, args["batch_size"], runner.memory_tokens
     config, rounds = runner.encoder.config, args["rounds"]
@@ -211,10 +219,10 @@ def paired_point(checkpoint: str, region: str, args: dict) -> dict:
         for i, ids in enumerate([batches[0], *batches]):  # the first round warms up
             start = time.perf_counter()
             out, memory = runner.step(ids, memory)
-            token_logprob(runner, out.hidden, ids), out.hidden.mean(1)
+            runner.head.token_log_probs(out.hidden, ids), out.hidden.mean(1)
             middle = time.perf_counter()
             hidden = runner.encoder(ids)
-            token_logprob(runner, hidden, ids), hidden.mean(1)
+            runner.head.token_log_probs(hidden, ids), hidden.mean(1)
             end = time.perf_counter()
             flops, seconds = time_matmuls(shapes, reps=1)
             if i:
@@ -344,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     checkpoint = Path(args.checkpoint) if args.checkpoint else build_default_checkpoint(work)
     runner, _ = load_model(checkpoint)
-    length = Genome(resolve_fasta(["bundled:ecoli"]), cache_dir=work / "fasta").lengths
+    length = ecoli(work / "fasta").lengths
     whole = Region(ECOLI_RECORD, 0, args.whole_bp or length[ECOLI_RECORD])
     prefix = Region(ECOLI_RECORD, 0, args.prefix_bp)
     shared = {k: getattr(args, k) for k in ("threads", "batch_size", "burn_in", "rounds")}

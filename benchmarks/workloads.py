@@ -2,7 +2,8 @@
 
 Each method builds, from a `Point`, one step to time (`Workload.step`) and the model
 FLOPs that step performs. Inference steps encode every content token and keep nothing;
-training steps are forward + backward + AdamW with the MLM loss on the labelled tokens.
+training steps are forward + backward + AdamW (`optimizer: none`: forward + backward
+only) with the MLM loss on the labelled tokens.
 
 - `rmt_infer`: streaming, one segment at a time, only the memory carried over.
 - `rmt_full`, `rmt_truncated`, `rmt_replay`, `rmt_checkpoint`: one training step of the
@@ -32,57 +33,17 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.measure import head_flops, segment_flops
+from benchmarks.points import METHODS, RMT_TRAIN, Point
 from rmt import Encoder, EncoderConfig, MemoryRunner, MLMHead, build_runner
 from rmt.heads import IGNORE_INDEX
-
-RMT_TRAIN = {f"rmt_{mode}": mode for mode in ("full", "truncated", "replay", "checkpoint")}
-INFER_METHODS = ("rmt_infer", "naive_infer", "whole_infer", "bert_infer")
-TRAIN_METHODS = (*RMT_TRAIN, "naive_train", "whole_train", "bert_train")
-METHODS = (*INFER_METHODS, *TRAIN_METHODS)
-BASELINES = {"infer": ("naive_infer", "whole_infer", "bert_infer")}
-BASELINES["train"] = ("naive_train", "whole_train", "bert_train")
-
-
-def kind(method: str) -> str:
-    """`infer` or `train`."""
-    return "infer" if method in INFER_METHODS else "train"
-
-
-@dataclass(frozen=True)
-class Point:
-    """One measurement: a method at a number of segments, with everything it depends on."""
-
-    method: str
-    segments: int
-    batch_size: int
-    segment_tokens: int
-    memory_tokens: int
-    bptt_depth: int
-    model: tuple  # EncoderConfig items (a tuple keeps the point hashable and picklable)
-    kernels: str
-    label_fraction: float
-    device: str
-    dtype: str
-    threads: int | None
-    warmup: int
-    repeats: int
-    min_time_s: float = 0.0
-    seed: int = 0
-
-    @property
-    def config(self) -> EncoderConfig:
-        return EncoderConfig(**dict(self.model))
-
-    @property
-    def content_tokens(self) -> int:
-        return self.batch_size * self.segments * self.segment_tokens
 
 
 @dataclass
 class Workload:
-    """One step to time and the model FLOPs it performs."""
+    """One step to time, the module it runs (to inspect its state) and its model FLOPs."""
 
     step: Callable[[], None]
+    module: torch.nn.Module
     model_flops: float
 
 
@@ -99,7 +60,7 @@ def build(point: Point) -> Workload:
     builder = _BUILDERS.get(point.method) or _rmt_train
     workload = builder(point, config, input_ids, labels)
     if point.dtype == "bfloat16":
-        return Workload(_autocast(workload.step, point.device), workload.model_flops)
+        return replace(workload, step=_autocast(workload.step, point.device))
     return workload
 
 
@@ -111,16 +72,24 @@ def _autocast(step: Callable[[], None], device: str) -> Callable[[], None]:
     return run
 
 
-def _train_step(model: torch.nn.Module, loss: Callable[[], torch.Tensor]) -> Callable[[], None]:
-    """forward + backward + AdamW: `loss()` may also call backward itself and return None."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+def _train_step(
+    point: Point, model: torch.nn.Module, loss: Callable[[], torch.Tensor | None]
+) -> Callable[[], None]:
+    """forward + backward (+ AdamW): `loss()` may also call backward itself and return None.
+
+    With `optimizer: none` no optimizer state exists, so the step's peak is the
+    activations' and the gradients' alone.
+    """
+    adamw = point.optimizer == "adamw"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if adamw else None
 
     def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
         value = loss()
         if value is not None:
             value.backward()
-        optimizer.step()
+        if optimizer is not None:
+            optimizer.step()
 
     return step
 
@@ -155,14 +124,16 @@ def _rmt_infer(point, config, input_ids, labels) -> Workload:
         for segment in input_ids.split(point.segment_tokens, dim=1):
             _, memory = runner.step(segment, memory)
 
-    return Workload(step, _encoder_flops(point, config, point.segment_tokens, point.memory_tokens))
+    return Workload(
+        step, runner, _encoder_flops(point, config, point.segment_tokens, point.memory_tokens)
+    )
 
 
 def _rmt_train(point, config, input_ids, labels) -> Workload:
     runner = _runner(point, config, RMT_TRAIN[point.method]).train()
-    step = _train_step(runner, lambda: runner(input_ids, labels=labels).loss)
+    step = _train_step(point, runner, lambda: runner(input_ids, labels=labels).loss)
     flops = _encoder_flops(point, config, point.segment_tokens, point.memory_tokens)
-    return Workload(step, 3 * (flops + head_flops(config, _labelled(labels))))
+    return Workload(step, runner, 3 * (flops + head_flops(config, _labelled(labels))))
 
 
 def _naive_segments(runner: MemoryRunner, input_ids: torch.Tensor, memory: torch.Tensor):
@@ -183,7 +154,9 @@ def _naive_infer(point, config, input_ids, labels) -> Workload:
     def step() -> None:
         torch.cat(list(_naive_segments(runner, input_ids, start)), dim=1)
 
-    return Workload(step, _encoder_flops(point, config, point.segment_tokens, point.memory_tokens))
+    return Workload(
+        step, runner, _encoder_flops(point, config, point.segment_tokens, point.memory_tokens)
+    )
 
 
 def _naive_train(point, config, input_ids, labels) -> Workload:
@@ -198,7 +171,7 @@ def _naive_train(point, config, input_ids, labels) -> Workload:
 
     flops = _encoder_flops(point, config, point.segment_tokens, point.memory_tokens)
     flops += head_flops(config, point.content_tokens)  # logits for every token
-    return Workload(_train_step(runner, loss), 3 * flops)
+    return Workload(_train_step(point, runner, loss), runner, 3 * flops)
 
 
 def _whole_infer(point, config, input_ids, labels) -> Workload:
@@ -208,7 +181,9 @@ def _whole_infer(point, config, input_ids, labels) -> Workload:
     def step() -> None:
         encoder(input_ids)
 
-    return Workload(step, _encoder_flops(point, config, point.segments * point.segment_tokens, 0))
+    return Workload(
+        step, encoder, _encoder_flops(point, config, point.segments * point.segment_tokens, 0)
+    )
 
 
 def _whole_train(point, config, input_ids, labels) -> Workload:
@@ -221,7 +196,8 @@ def _whole_train(point, config, input_ids, labels) -> Workload:
         return total / count.clamp(min=1)
 
     flops = _encoder_flops(point, config, point.segments * point.segment_tokens, 0)
-    return Workload(_train_step(model, loss), 3 * (flops + head_flops(config, _labelled(labels))))
+    flops += head_flops(config, _labelled(labels))
+    return Workload(_train_step(point, model, loss), model, 3 * flops)
 
 
 def _bert(point: Point, config: EncoderConfig):
@@ -252,7 +228,7 @@ def _bert_infer(point, config, input_ids, labels) -> Workload:
         for window in input_ids.split(point.segment_tokens, dim=1):
             bert(input_ids=window)
 
-    return Workload(step, _encoder_flops(point, flop_config, point.segment_tokens, 0))
+    return Workload(step, bert, _encoder_flops(point, flop_config, point.segment_tokens, 0))
 
 
 def _bert_train(point, config, input_ids, labels) -> Workload:
@@ -274,7 +250,8 @@ def _bert_train(point, config, input_ids, labels) -> Workload:
             (total / count).backward()
 
     flops = _encoder_flops(point, flop_config, point.segment_tokens, 0)
-    return Workload(_train_step(model, loss), 3 * (flops + head_flops(config, _labelled(labels))))
+    flops += head_flops(config, _labelled(labels))
+    return Workload(_train_step(point, model, loss), model, 3 * flops)
 
 
 _BUILDERS = {

@@ -31,14 +31,17 @@ class Stage:
 
     def __post_init__(self) -> None:
         if self.segments < 1 or self.steps < 1:
-            raise ValueError(f"curriculum stage {self}: segments and steps must both be >= 1")
+            raise ValueError(
+                f"stages entry {{segments: {self.segments}, steps: {self.steps}}}: segments "
+                "and steps must both be >= 1"
+            )
 
 
 def doubling_stages(max_segments: int, steps_per_stage: int, start: int = 1) -> list[Stage]:
     """start, 2*start, 4*start, ... up to max_segments, `steps_per_stage` steps each."""
     if start < 1 or max_segments < start:
         raise ValueError(
-            f"curriculum: doubling needs 1 <= start ({start}) <= max_segments ({max_segments})"
+            f"policy='doubling' needs 1 <= start={start} <= max_segments={max_segments}"
         )
     counts = []
     while start < max_segments:
@@ -46,6 +49,15 @@ def doubling_stages(max_segments: int, steps_per_stage: int, start: int = 1) -> 
         start *= 2
     counts.append(max_segments)
     return [Stage(n, steps_per_stage) for n in counts]
+
+
+def _as_stage(stage: Stage | Mapping) -> Stage:
+    """A `stages` entry as a Stage: a mapping needs exactly `segments` and `steps`."""
+    if isinstance(stage, Stage):
+        return stage
+    if set(stage) != {"segments", "steps"}:
+        raise ValueError(f"stages entry {dict(stage)} needs exactly the keys segments and steps")
+    return Stage(**stage)
 
 
 class Curriculum:
@@ -62,16 +74,17 @@ class Curriculum:
         seed: int = 0,
     ) -> None:
         if policy not in POLICIES:
-            raise ValueError(f"curriculum.policy={policy!r}; choose one of {POLICIES}")
+            raise ValueError(f"policy={policy!r}; choose one of {', '.join(POLICIES)}")
         if not stages:
-            raise ValueError("curriculum.stages is empty: give at least one {segments, steps}")
+            raise ValueError("stages=[] is empty: give at least one {segments, steps}")
         if policy == "threshold" and (metric is None or target is None):
             raise ValueError(
-                "curriculum.policy=threshold needs curriculum.metric and curriculum.target"
+                f"policy='threshold' needs `metric` and `target`; got metric={metric!r}, "
+                f"target={target!r}"
             )
         if not 0.0 <= mix_fraction <= 1.0:
-            raise ValueError(f"curriculum.mix_fraction={mix_fraction} must be in [0, 1]")
-        self.stages = [s if isinstance(s, Stage) else Stage(**s) for s in stages]
+            raise ValueError(f"mix_fraction={mix_fraction} must be in [0, 1]")
+        self.stages = [_as_stage(s) for s in stages]
         self.policy, self.metric, self.target = policy, metric, target
         self.higher_is_better, self.mix_fraction = higher_is_better, mix_fraction
         self.rng = random.Random(seed)
@@ -119,8 +132,7 @@ class Curriculum:
             return None
         if self.metric not in metrics:
             raise ValueError(
-                f"curriculum.metric={self.metric!r} is not an evaluation metric; "
-                f"available: {sorted(metrics)}"
+                f"metric={self.metric!r} is not an evaluation metric; available: {sorted(metrics)}"
             )
         value = metrics[self.metric]
         met = value >= self.target if self.higher_is_better else value <= self.target
@@ -172,11 +184,11 @@ def build_curriculum(config: Mapping, seed: int = 0) -> Curriculum:
         try:
             config["stages"] = doubling_stages(**args)
         except TypeError as err:
-            raise ValueError(f"curriculum (policy=doubling): {err}") from None
+            raise ValueError(f"policy='doubling': {err}") from None
     try:
         return Curriculum(policy=policy, seed=seed, **config)
     except TypeError as err:
-        raise ValueError(f"curriculum (policy={policy}): {err}") from None
+        raise ValueError(f"policy={policy!r}: {err}") from None
 
 
 def step_plan(

@@ -1,14 +1,16 @@
 """Masked-language-model batches drawn from a Genome.
 
 Training samples random windows sized from the tokenizer's measured compression, so a
-window of ``num_tokens`` tokens needs one fetch and one tokenizer call; evaluation tiles a
-region contiguously with fixed masks so repeated evaluations are directly comparable.
+window of ``num_tokens`` tokens needs one fetch and one tokenizer call: as one seeded
+stream (``sample``) or row by row from keys (``sample_keys``, what rmt-train uses).
+Evaluation tiles a region contiguously with fixed masks so repeated evaluations are
+directly comparable.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -26,8 +28,8 @@ _MEASURE_BP = 10_000
 @dataclass
 class Batch:
     """``input_ids`` (B, T) long, ``attention_mask`` (B, T) bool (False = padding),
-    ``labels`` (B, T) long with -100 where no loss is taken, and the genomic window each
-    row covers (trimmed to the bases its tokens spell)."""
+    ``labels`` (B, T) long with ``IGNORE_INDEX`` (-100) where no loss is taken, and the
+    genomic window each row covers (trimmed to the bases its tokens spell)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -114,17 +116,18 @@ class MLMBatches:
         n = min(num_tokens, len(enc))
         return enc.ids[:n], _trim(window, int(enc.offsets[n - 1, 1]))
 
-    def _batch(
-        self, rows: list[tuple[np.ndarray, Window]], num_tokens: int, generator: torch.Generator
-    ) -> Batch:
-        """Right-pad the rows to ``num_tokens`` and mask them."""
-        tok = self.tokenizer
-        input_ids = torch.full((len(rows), num_tokens), tok.pad_id, dtype=torch.long)
+    def _pad(self, rows: list[tuple[np.ndarray, Window]], num_tokens: int):
+        """Right-pad the rows' ids to ``num_tokens``: (input_ids, attention_mask)."""
+        input_ids = torch.full((len(rows), num_tokens), self.tokenizer.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), num_tokens), dtype=torch.bool)
         for i, (ids, _) in enumerate(rows):
             input_ids[i, : len(ids)] = torch.from_numpy(ids)
             attention_mask[i, : len(ids)] = True
-        masked, labels = mask_tokens(
+        return input_ids, attention_mask
+
+    def _mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, generator):
+        tok = self.tokenizer
+        return mask_tokens(
             input_ids,
             mask_id=tok.mask_id,
             vocab_size=tok.vocab_size,
@@ -133,6 +136,13 @@ class MLMBatches:
             mask_prob=self.mask_prob,
             attention_mask=attention_mask,
         )
+
+    def _batch(
+        self, rows: list[tuple[np.ndarray, Window]], num_tokens: int, generator: torch.Generator
+    ) -> Batch:
+        """Right-pad the rows to ``num_tokens`` and mask them with one generator."""
+        input_ids, attention_mask = self._pad(rows, num_tokens)
+        masked, labels = self._mask(input_ids, attention_mask, generator)
         return Batch(masked, attention_mask, labels, [window for _, window in rows])
 
     def sample(self, batch_size: int, num_tokens: int) -> Batch:
@@ -150,6 +160,34 @@ class MLMBatches:
             for _ in range(batch_size)
         ]
         return self._batch(rows, num_tokens, self._torch_rng)
+
+    def sample_keys(self, keys: Sequence[Sequence[int]], num_tokens: int) -> Batch:
+        """One masked window of ``num_tokens`` tokens per key, e.g. (step, sample index).
+
+        Each row draws its window, strand and mask from its own generator, seeded by
+        ``(seed, *key)``: a row does not depend on which other rows share its batch, nor
+        on any stream state, so data-parallel ranks can each build only their own rows
+        and a resumed run needs no saved RNG state.
+        """
+        _check_sizes(len(keys), num_tokens)
+        length = self.window_bp(num_tokens)
+        rows, generators = [], []
+        for key in keys:
+            rng = np.random.default_rng([self.seed, *key])
+            window = self.genome.sample_window(length, rng, rc_prob=self.rc_prob)
+            rows.append(self._row(window, num_tokens))
+            generators.append(torch.Generator().manual_seed(int(rng.integers(2**63))))
+        input_ids, attention_mask = self._pad(rows, num_tokens)
+        masked = [
+            self._mask(input_ids[i : i + 1], attention_mask[i : i + 1], g)
+            for i, g in enumerate(generators)
+        ]
+        return Batch(
+            torch.cat([ids for ids, _ in masked]),
+            attention_mask,
+            torch.cat([labels for _, labels in masked]),
+            [window for _, window in rows],
+        )
 
     def tile(
         self, region: Region | str, batch_size: int, num_tokens: int, mask_seed: int = 1234

@@ -5,8 +5,9 @@ access, which plain gzip cannot give, so plain gzip is decompressed once into a 
 by the source's path, size and mtime. Files are validated in one streaming pass before their
 index is built, so bad input fails at start-up with a message naming the file, record, line
 and character, instead of as garbage tokens hours into training. Validation runs whenever
-the index is (re)built, so later opens cost only reading the ``.fai`` (an index made by
-other tools, e.g. samtools, is trusted as is).
+the index is (re)built. An existing ``.fai`` (also one made by samtools) is used only when
+its records still match the file's content (``data.fai``), so later opens cost one small
+read per record.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import warnings
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
@@ -23,6 +25,7 @@ import pyfaidx
 
 from data.atomic import atomic_path
 from data.errors import FastaError
+from data.fai import bgzf_complete, index_matches
 from data.regions import Region, parse_region
 
 __all__ = [
@@ -41,10 +44,12 @@ _VALID_BYTES = (_IUPAC + _IUPAC.lower()).encode()
 # an all-ASCII table runs at memory speed in CPython.
 _AMBIGUOUS = "RYSWKMBDHVN"
 _CLEAN = str.maketrans("acgtuU" + _AMBIGUOUS + _AMBIGUOUS.lower(), "ACGTTT" + "N" * 22)
-_FIX_CHARS = (
-    "replace or remove it (for example map every non-IUPAC character to N with "
-    "`sed '/^>/!s/[^ACGTURYSWKMBDHVNacgturyswkmbdhvn]/N/g'`)"
-)
+# Deletes whitespace and digits first: they are layout (spaces, GenBank-style position
+# numbers, trailing blanks), and turning them into N would insert bases.
+_STRIP_LAYOUT = "-e '/^>/!s/[[:space:][:digit:]]//g'"
+_TO_N = "-e '/^>/!s/[^ACGTURYSWKMBDHVNacgturyswkmbdhvn]/N/g'"
+_NUCLEOTIDE_LETTERS = frozenset(b"ACGTUNacgtun")
+_PROTEIN_LETTERS = frozenset(b"EFIJLOPQZefijlopqz*")
 _OTHER_COMPRESSION = {b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
 # pyfaidx keeps a small read-ahead buffer so that sequential fetches (tiling an evaluation
 # region, streaming tokenizer training data) do not hit the file for every window.
@@ -134,7 +139,7 @@ def _validate(lines: Iterable[bytes], display: str) -> Iterator[bytes]:
                 raise FastaError(
                     f"{display}: line {lineno} should be a FASTA header starting with '>' but "
                     f"reads {body[:40]!r}; the file has no FASTA header, so it is probably "
-                    "not FASTA. Point data.fasta at a FASTA file"
+                    "not FASTA. Give a FASTA file"
                 )
         else:
             bad = body.translate(None, _VALID_BYTES)
@@ -144,20 +149,40 @@ def _validate(lines: Iterable[bytes], display: str) -> Iterator[bytes]:
                 raise FastaError(
                     f"{display}: record '{record}', line {lineno}, column {column}: invalid "
                     f"character {char!r}, not an IUPAC nucleotide code "
-                    f"({_IUPAC}, any case); {_FIX_CHARS}"
+                    f"({_IUPAC}, any case); {_bad_character_fix(body, bad[:1])}"
                 )
             has_sequence = has_sequence or bool(body)
         yield line
     if record is None:
         raise FastaError(
-            f"{display} is empty (no FASTA records); point data.fasta at a non-empty FASTA "
-            "file, or re-download it if a transfer was interrupted"
+            f"{display} is empty (no FASTA records); give a non-empty FASTA file, or "
+            "re-download it if a transfer was interrupted"
         )
     if not has_sequence:
         raise FastaError(
             f"{display}: record '{record}' (header on line {header_line}) has no sequence; "
             "remove the record or restore its sequence"
         )
+
+
+def _bad_character_fix(body: bytes, char: bytes) -> str:
+    """How to fix a sequence line holding ``char``: a protein, layout, or stray letters."""
+    letters = [c for c in body if chr(c).isalpha()]
+    dna_share = sum(c in _NUCLEOTIDE_LETTERS for c in letters) / max(1, len(letters))
+    if char[0] in _PROTEIN_LETTERS and dna_share < 0.6:
+        return (
+            f"this looks like protein, not DNA (only {dna_share:.0%} of the line's letters "
+            "are A C G T U N): rmt-dna reads nucleotide FASTA, give the DNA sequence instead"
+        )
+    if char.isspace() or char.isdigit():
+        return (
+            "sequence lines must hold bases only: remove spaces, tabs and digits, e.g. "
+            f"`sed {_STRIP_LAYOUT} in.fa > out.fa`"
+        )
+    return (
+        "replace or remove it, e.g. delete spaces and digits and map every other "
+        f"non-IUPAC character to N with `sed {_STRIP_LAYOUT} {_TO_N} in.fa > out.fa`"
+    )
 
 
 def _drain(lines: Iterable[bytes]) -> None:
@@ -205,34 +230,42 @@ def _decompress_cached(path: Path, cache_dir: Path) -> Path:
     return target
 
 
-def _index_paths(path: Path, bgzf: bool, cache_dir: Path) -> tuple[Path, Path | None]:
-    """Index files go beside the FASTA, or into the cache when that directory is read-only."""
-    beside = Path(f"{path}.fai")
-    if os.access(path.parent, os.W_OK) or _fresh(beside, path):
-        return beside, (Path(f"{path}.gzi") if bgzf else None)
-    base = cache_dir / f"{path.name}.{_source_key(path)}"
-    return Path(f"{base}.fai"), (Path(f"{base}.gzi") if bgzf else None)
+def _find_index(path: Path, bgzf: bool, cache_dir: Path) -> tuple[Path, Path | None, bool]:
+    """Where the index is or goes, and whether it already matches the FASTA's content.
+
+    Index files go beside the FASTA, or into the cache when that directory is read-only
+    (an index beside a read-only FASTA is still used when it matches).
+    """
+    places = [(Path(f"{path}.fai"), Path(f"{path}.gzi") if bgzf else None)]
+    if not os.access(path.parent, os.W_OK):
+        base = cache_dir / f"{path.name}.{_source_key(path)}"
+        places.append((Path(f"{base}.fai"), Path(f"{base}.gzi") if bgzf else None))
+    for fai, gzi in places:
+        if index_matches(path, fai, gzi):
+            return fai, gzi, True
+    return (*places[-1], False)
 
 
-def _fresh(index: Path | None, source: Path) -> bool:
-    return index is None or (
-        index.exists() and index.stat().st_mtime_ns >= source.stat().st_mtime_ns
-    )
-
-
-def _pyfaidx(path: Path, fai: Path, gzi: Path | None, build: bool) -> pyfaidx.Fasta:
+def _pyfaidx(
+    path: Path, fai: Path, gzi: Path | None, build: bool, shown_fai: Path | None = None
+) -> pyfaidx.Fasta:
+    """pyfaidx on ``path``; ``shown_fai`` is the index to name in errors (not a temp file)."""
     try:
-        return pyfaidx.Fasta(
-            str(path),
-            indexname=str(fai),
-            gzi_indexname=str(gzi) if gzi else None,
-            key_function=record_name,
-            as_raw=True,
-            sequence_always_upper=False,
-            read_ahead=_READ_AHEAD,
-            rebuild=False,
-            build_index=build,
-        )
+        with warnings.catch_warnings():
+            # Freshness was judged by content (data.fai); pyfaidx would judge by mtime.
+            warnings.filterwarnings("ignore", "Index file .* is older than FASTA", RuntimeWarning)
+            warnings.filterwarnings("ignore", "BGZF Index file .* is older", RuntimeWarning)
+            return pyfaidx.Fasta(
+                str(path),
+                indexname=str(fai),
+                gzi_indexname=str(gzi) if gzi else None,
+                key_function=record_name,
+                as_raw=True,
+                sequence_always_upper=False,
+                read_ahead=_READ_AHEAD,
+                rebuild=False,
+                build_index=build,
+            )
     except pyfaidx.FastaIndexingError as exc:
         raise FastaError(
             f"{path}: pyfaidx cannot index this FASTA ({exc}). Every sequence line of a "
@@ -241,7 +274,8 @@ def _pyfaidx(path: Path, fai: Path, gzi: Path | None, build: bool) -> pyfaidx.Fa
         ) from exc
     except (ValueError, OSError) as exc:
         raise FastaError(
-            f"{path}: pyfaidx cannot open this FASTA with index {fai} ({exc}); check that both "
+            f"{path}: pyfaidx cannot open this FASTA with index {shown_fai or fai} ({exc}); "
+            "check that both "
             "are readable, and delete the index if it is corrupt so that it is rebuilt"
         ) from exc
 
@@ -266,7 +300,7 @@ def _build_index(path: Path, fai: Path, gzi: Path | None, display: str | None) -
     with ExitStack() as stack:
         tmp_fai = stack.enter_context(atomic_path(fai))
         tmp_gzi = stack.enter_context(atomic_path(gzi)) if gzi is not None else None
-        _pyfaidx(path, tmp_fai, tmp_gzi, build=True).close()
+        _pyfaidx(path, tmp_fai, tmp_gzi, build=True, shown_fai=fai).close()
 
 
 def open_fasta(
@@ -279,14 +313,22 @@ def open_fasta(
     keyed by :func:`record_name`. ``cache_dir`` defaults to :func:`default_cache_dir`.
     """
     path = Path(path)
+    if path.is_dir():
+        raise FastaError(f"{path} is a directory, not a FASTA file; give a FASTA file's path")
     if not path.is_file():
-        raise FastaError(f"FASTA file not found: {path}; check the paths in data.fasta")
+        raise FastaError(f"FASTA file not found: {path}; check the path")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     kind = _compression(path)
     display: str | None = str(path)
     if kind == "gzip":
         path, display = _decompress_cached(path, cache), None
-    fai, gzi = _index_paths(path, kind == "bgzf", cache)
-    if not (_fresh(fai, path) and _fresh(gzi, path)):
+    if kind == "bgzf" and not bgzf_complete(path):
+        raise FastaError(
+            f"{path} is truncated: a bgzip file ends with an end-of-file block and this one "
+            "does not (a download or copy was cut short); re-download it, or re-compress "
+            "the uncompressed FASTA with `bgzip`"
+        )
+    fai, gzi, fresh = _find_index(path, kind == "bgzf", cache)
+    if not fresh:
         _build_index(path, fai, gzi, display)
     return _pyfaidx(path, fai, gzi, build=False)

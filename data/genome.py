@@ -53,7 +53,7 @@ def _as_paths(fasta: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Pa
         return [Path(fasta)]
     paths = [Path(p) for p in fasta]
     if not paths:
-        raise FastaError("no FASTA files given; set data.fasta to at least one file")
+        raise FastaError("fasta=[] names no FASTA files; give at least one")
     return paths
 
 
@@ -82,10 +82,11 @@ def _merge(regions: Sequence[Region]) -> list[Region]:
     return merged
 
 
-def _check_weight(value: float, what: str) -> float:
+def _check_weight(value: float, name: str) -> float:
+    """A sampling weight; `name` is the parameter entry it came from (`weights[1]`)."""
     value = float(value)
     if not math.isfinite(value) or value < 0:
-        raise FastaError(f"{what} is {value}; weights must be finite and >= 0")
+        raise FastaError(f"{name}={value}: weights must be finite and >= 0")
     return value
 
 
@@ -118,7 +119,7 @@ class Genome:
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
         if not 0.0 <= max_n_fraction <= 1.0:
-            raise FastaError(f"max_n_fraction must be within [0, 1], got {max_n_fraction}")
+            raise FastaError(f"max_n_fraction={max_n_fraction} must be in [0, 1]")
         self.files = _as_paths(fasta)
         self.max_n_fraction = max_n_fraction
         self._cache_dir = cache_dir
@@ -131,7 +132,7 @@ class Genome:
                     first = self.files[self._file_of[name]]
                     raise FastaError(
                         f"record '{name}' is in both {first} and {self.files[index]}; record "
-                        "names must be unique across data.fasta, drop or rename one copy"
+                        "names must be unique across the `fasta` files: drop or rename one copy"
                     )
                 self._file_of[name] = index
                 self.lengths[name] = len(record)
@@ -139,7 +140,7 @@ class Genome:
         if not self.intervals:
             raise FastaError(
                 f"no sequence is left to sample from {', '.join(map(str, self.files))} after "
-                "data.include / data.exclude; widen data.include or shrink data.exclude"
+                "`include` / `exclude`; widen `include` or shrink `exclude`"
             )
         self.interval_probs = self._probabilities(weights, dict(record_weights or {}))
         self._cumulative = np.cumsum(self.interval_probs)
@@ -198,7 +199,7 @@ class Genome:
         unknown = sorted(set(record_weights) - set(self.lengths))
         if unknown:
             raise FastaError(
-                f"data.record_weights names unknown records {unknown}; known records: "
+                f"record_weights names unknown records {unknown}; known records: "
                 f"{', '.join(self.lengths)}"
             )
         usable_bp = dict.fromkeys(self.lengths, 0)
@@ -215,9 +216,8 @@ class Genome:
                 mass = _check_weight(record_weights[name], f"record_weights['{name}']")
                 if mass > 0 and bp == 0:
                     raise FastaError(
-                        f"record_weights gives '{name}' weight {mass}, but data.include / "
-                        "data.exclude leave none of it to sample; set its weight to 0 or "
-                        "include it"
+                        f"record_weights['{name}']={mass}, but `include` / `exclude` leave "
+                        "none of that record to sample; set its weight to 0 or include it"
                     )
             record_mass[name] = mass
         file_record_mass = [0.0] * len(self.files)
@@ -228,22 +228,21 @@ class Genome:
             file_mass = [float(bp) for bp in file_bp]
         elif len(weights) != len(self.files):
             raise FastaError(
-                f"data.weights has {len(weights)} entries but data.fasta has "
+                f"`weights` has {len(weights)} entries but `fasta` has "
                 f"{len(self.files)} files; give one weight per file"
             )
         else:
-            pairs = zip(weights, self.files, strict=True)
-            file_mass = [_check_weight(w, f"weight of {p}") for w, p in pairs]
+            file_mass = [_check_weight(w, f"weights[{i}]") for i, w in enumerate(weights)]
         for mass, records, path in zip(file_mass, file_record_mass, self.files, strict=True):
             if mass > 0 and records == 0:
                 raise FastaError(
                     f"{path} has weight {mass} but nothing in it can be sampled (no usable "
-                    "sequence after data.include / data.exclude, or all its record_weights "
+                    "sequence after `include` / `exclude`, or all its record_weights "
                     "are 0); set its weight to 0 or give it usable sequence"
                 )
         if sum(file_mass) <= 0:
             raise FastaError(
-                "all sampling weights are zero (data.weights / data.record_weights); give at "
+                "all sampling weights are zero (`weights` / `record_weights`); give at "
                 "least one file with usable sequence a positive weight"
             )
         probs = np.zeros(len(self.intervals))
@@ -259,7 +258,7 @@ class Genome:
     def fetch(self, chrom: str, start: int, end: int, strand: str = "+") -> str:
         """Cleaned sequence of ``chrom[start:end]`` (0-based half-open), RC'd for ``'-'``."""
         if strand not in ("+", "-"):
-            raise FastaError(f"strand must be '+' or '-', got {strand!r}")
+            raise FastaError(f"strand={strand!r}; use '+' or '-'")
         region = check_region(Region(chrom, start, end), self.lengths)
         seq = clean_sequence(self._fasta(chrom)[chrom][region.start : region.end])
         return reverse_complement(seq) if strand == "-" else seq
@@ -298,7 +297,7 @@ class Genome:
         raise FastaError(
             f"no {length:,} bp window with at most {self.max_n_fraction:.0%} N found in "
             f"{max_tries} tries in {', '.join(map(str, self.files))}; the usable sequence is "
-            "mostly N. Raise data.max_n_fraction or restrict sampling with data.include"
+            "mostly N. Raise `max_n_fraction` or restrict sampling with `include`"
         )
 
     def tile(self, region: Region | str, length: int) -> Iterator[Window]:

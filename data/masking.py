@@ -6,7 +6,10 @@ from collections.abc import Collection
 
 import torch
 
-IGNORE_INDEX = -100  # labels with this value are ignored by torch.nn.functional.cross_entropy
+# The label of a position that takes no loss: the one definition of the project (kernels,
+# heads and the training loop import it). It lives with the data because labels are made
+# here, and `data` imports no model code; -100 is torch's cross_entropy default.
+IGNORE_INDEX = -100
 
 
 def mask_tokens(
@@ -31,7 +34,7 @@ def mask_tokens(
 
     Returns:
         ``(masked_ids, labels)``: ``labels`` holds the original id at selected positions and
-        -100 everywhere else.
+        ``IGNORE_INDEX`` (-100) everywhere else.
     """
     if input_ids.dtype != torch.long:
         raise TypeError(f"input_ids must be a LongTensor, got {input_ids.dtype}")
@@ -40,9 +43,10 @@ def mask_tokens(
     device = input_ids.device
     special_set = set(special_ids)
     specials = torch.tensor(sorted(special_set), dtype=torch.long, device=device)
-    candidates = torch.tensor(
-        [i for i in range(vocab_size) if i not in special_set], dtype=torch.long
-    )
+    replaceable = torch.ones(vocab_size, dtype=torch.bool)
+    in_vocab = [i for i in special_set if 0 <= i < vocab_size]
+    replaceable[torch.tensor(in_vocab, dtype=torch.long)] = False
+    candidates = replaceable.nonzero().squeeze(1)
     if len(candidates) == 0:
         raise ValueError("every token id is special; nothing can serve as a random replacement")
     maskable = ~torch.isin(input_ids, specials)

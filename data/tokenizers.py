@@ -7,9 +7,9 @@ the RMT wrapper places special and memory tokens itself.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
-import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,13 +24,17 @@ from tokenizers import Tokenizer, models, trainers
 from data.atomic import atomic_path
 from data.errors import TokenizerError
 from data.fasta import clean_sequence
+from data.vocab_checks import check_bpe_vocab, spread_chunks
 
 if TYPE_CHECKING:
     from data.genome import Genome
 
 SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
 NUCLEOTIDES = "ACGTN"
-_FIX = 'set tokenizer.path to a tokenizer.json (train one with data.train_bpe), or to "nucleotide"'
+_FIX = (
+    "give load_tokenizer a Hugging Face tokenizer.json (train one with train_bpe), or "
+    '"nucleotide" for one token per base'
+)
 
 
 @dataclass
@@ -69,6 +73,21 @@ class DNATokenizer(ABC):
     @abstractmethod
     def save(self, path: str | os.PathLike) -> None:
         """Write the tokenizer atomically so that ``load_tokenizer(path)`` restores it."""
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what decides the ids: the token of every id, and the merge rules.
+
+        Saved with a model so that a swapped tokenizer (same file name, other vocabulary)
+        is caught at load instead of silently giving wrong ids. A digest of content, not
+        of file bytes, so the same tokenizer re-saved by another ``tokenizers`` version
+        keeps its fingerprint.
+        """
+        payload = json.dumps(self._identity(), separators=(",", ":"))
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    @abstractmethod
+    def _identity(self) -> dict:
+        """The content ``fingerprint`` digests (JSON-serialisable)."""
 
     @cached_property
     def _special(self) -> dict[str, int]:
@@ -161,6 +180,14 @@ class BPETokenizer(DNATokenizer):
 
     def __repr__(self) -> str:
         return f"BPETokenizer({self._source}, vocab_size={self.vocab_size})"
+
+    def _identity(self) -> dict:
+        model = json.loads(self._tok.to_str())["model"]
+        # Merges are "a b" strings before tokenizers 0.20 and [a, b] pairs since.
+        merges = [m.split(" ") if isinstance(m, str) else list(m) for m in model.get("merges", [])]
+        vocab = self._tok.get_vocab(with_added_tokens=True)
+        ids = sorted((i, token) for token, i in vocab.items())
+        return {"type": model.get("type"), "vocab": ids, "merges": merges}
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> BPETokenizer:
@@ -257,6 +284,9 @@ class NucleotideTokenizer(DNATokenizer):
     def __repr__(self) -> str:
         return "NucleotideTokenizer()"
 
+    def _identity(self) -> dict:
+        return {"type": self.name, "vocab": list(self._VOCAB)}
+
     @property
     def vocab_size(self) -> int:
         return len(self._VOCAB)
@@ -313,28 +343,13 @@ def train_bpe(
     """Train a BPE tokenizer on the genome's usable intervals (held-out regions unseen).
 
     With ``max_bp``, evenly spaced ``chunk_bp`` chunks across all intervals are used so the
-    sample covers the whole genome rather than its first records. Deterministic.
+    sample covers the whole genome rather than its first records. Deterministic. Refuses,
+    before training, a ``vocab_size`` the sample cannot support (``check_bpe_vocab``).
     """
+    chunks = spread_chunks(genome, max_bp, chunk_bp)
     total = sum(len(i) for i in genome.intervals)
-    if max_bp is not None and max_bp < 1:
-        raise TokenizerError(f"max_bp must be >= 1 when given, got {max_bp}")
-    stride = 1 if max_bp is None else max(1, math.ceil(total / max_bp))
-
-    budget = total if max_bp is None else max_bp
-
-    def sample() -> Iterator[str]:
-        index, emitted = 0, 0
-        for interval in genome.intervals:
-            for start in range(interval.start, interval.end, chunk_bp):
-                if emitted >= budget:
-                    return
-                if index % stride == 0:
-                    end = min(start + chunk_bp, interval.end, start + budget - emitted)
-                    emitted += end - start
-                    yield genome.fetch(interval.chrom, start, end)
-                index += 1
-
-    tokenizer = BPETokenizer.train(sample(), vocab_size, chunk_bp=chunk_bp)
+    check_bpe_vocab(vocab_size, total if max_bp is None else min(total, max_bp))
+    tokenizer = BPETokenizer.train(chunks, vocab_size, chunk_bp=chunk_bp)
     if out is not None:
         tokenizer.save(out)
     return tokenizer

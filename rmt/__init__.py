@@ -7,6 +7,13 @@
 The model modules (encoder, heads, runner) import neither training nor I/O code.
 """
 
+# ruff: noqa: E402
+# First of all, before anything below imports `data`, `kernels` or `curriculum`: stop if
+# one of those names would come from a user's own file rather than this distribution.
+from rmt.install import check_packages
+
+check_packages()
+
 from rmt.checkpoint import build_runner, load_model, save_checkpoint
 from rmt.encoder import Encoder, EncoderConfig
 from rmt.heads import MLMHead

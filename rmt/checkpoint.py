@@ -2,11 +2,17 @@
 
 A checkpoint directory holds everything needed to use the model without the training
 code (`load_model`), plus `trainer_state.pt` when it was written by training (optimizer,
-schedule, data RNG: what resuming needs).
+schedule, data RNG: what resuming needs), and `manifest.json`: the size and SHA-256 of
+every other file, checked before any of them is used (`rmt.integrity`).
 
     checkpoints/
       step-00000300/  model.safetensors  config.json  tokenizer.json  trainer_state.pt
+                      manifest.json
       latest          (text file naming the newest complete step directory)
+
+Nothing is lost to a fault: weights that are not finite are never written, pruning keeps
+what `latest` names, and a run whose `latest` is damaged resumes from its newest intact
+checkpoint.
 """
 
 from __future__ import annotations
@@ -21,12 +27,25 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from data import DNATokenizer, load_tokenizer
-from data.atomic import atomic_path
 from rmt.encoder import Encoder, EncoderConfig
 from rmt.heads import MLMHead
+from rmt.integrity import FORMAT, CheckpointError, verify_checkpoint, write_manifest
+from rmt.run_checkpoints import remove_stale_temps, resolve_checkpoint, write_latest
 from rmt.runner import MemoryRunner
 
-FORMAT = "rmt-dna/1"
+__all__ = [
+    "CheckpointError",
+    "build_runner",
+    "load_model",
+    "load_weights",
+    "remove_stale_temps",
+    "resolve_checkpoint",
+    "runner_config",
+    "save_checkpoint",
+    "verify_checkpoint",
+    "verify_tokenizer",
+    "write_latest",
+]
 RUNNER_KEYS = ("memory_tokens", "segment_tokens", "bptt_depth", "loss_on", "backprop")
 
 
@@ -59,8 +78,18 @@ def _unique_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def load_weights(module: torch.nn.Module, path: str | os.PathLike, device="cpu") -> None:
     """Load `_unique_tensors` output back; names left out must be ties of loaded ones."""
     state = load_file(str(path), device=str(device))
-    missing, unexpected = module.load_state_dict(state, strict=False)
     current = module.state_dict()
+    reshaped = [
+        f"{name} {tuple(tensor.shape)} (model {tuple(current[name].shape)})"
+        for name, tensor in state.items()
+        if name in current and tensor.shape != current[name].shape
+    ]
+    if reshaped:
+        raise ValueError(
+            f"{path}: weights have other shapes than the model (a different model or "
+            f"tokenizer): {', '.join(reshaped[:3])}"
+        )
+    missing, unexpected = module.load_state_dict(state, strict=False)
 
     def storage(name: str) -> tuple:
         return current[name].data_ptr(), tuple(current[name].shape)
@@ -84,12 +113,18 @@ def save_checkpoint(
     trainer_state: dict | None = None,
     metadata: dict | None = None,
 ) -> Path:
-    """Write a complete checkpoint directory atomically (a temp dir, then a rename)."""
+    """Write a complete checkpoint directory atomically (a temp dir, then a rename).
+
+    Refuses (ValueError, nothing written) weights that are not finite: a diverged run must
+    not replace good checkpoints with NaN ones. `manifest.json` is written last.
+    """
     directory = Path(directory)
+    tensors = _unique_tensors(runner)
+    _check_finite(tensors, directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        save_file(_unique_tensors(runner), str(tmp / "model.safetensors"))
+        save_file(tensors, str(tmp / "model.safetensors"))
         tokenizer.save(tmp / "tokenizer.json")
         config = {
             "format": FORMAT,
@@ -97,19 +132,43 @@ def save_checkpoint(
             "runner": runner_config(runner),
             "head": "mlm",
             "tokenizer": "tokenizer.json",
+            "tokenizer_fingerprint": tokenizer.fingerprint(),
             **(metadata or {}),
         }
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer_state.pt")
+        write_manifest(tmp)
         _readable(tmp)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
+        _replace_dir(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], directory: Path) -> None:
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(
+                f"refusing to write checkpoint {directory}: weight {name!r} holds {bad:,} NaN "
+                "or infinite values (training diverged); lower the learning rate, or resume "
+                "from the last checkpoint"
+            )
+
+
+def _replace_dir(new: Path, directory: Path) -> None:
+    """Move `new` onto `directory`; an existing one is first renamed to a hidden name that
+    `remove_stale_temps` clears, so a kill at any point leaves no half-deleted checkpoint."""
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(directory, old)
+        os.replace(new, directory)
+        shutil.rmtree(old)
+    else:
+        os.replace(new, directory)
 
 
 def _readable(directory: Path) -> None:
@@ -119,21 +178,6 @@ def _readable(directory: Path) -> None:
     directory.chmod(0o777 & ~umask)
     for path in directory.iterdir():
         path.chmod(0o666 & ~umask)
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint directory from itself, a run directory, or its `checkpoints/` folder."""
-    path = Path(path)
-    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
-        return path
-    for folder in (path / "checkpoints", path):
-        latest = folder / "latest"
-        if latest.is_file():
-            return folder / latest.read_text().strip()
-    raise FileNotFoundError(
-        f"no checkpoint at {path}: expected a directory with config.json and "
-        "model.safetensors, or a run directory with checkpoints/latest"
-    )
 
 
 def load_model(
@@ -146,25 +190,43 @@ def load_model(
     `kernels=triton` on a GPU loads on a laptop).
     """
     ckpt = resolve_checkpoint(path)
-    config = json.loads((ckpt / "config.json").read_text())
-    if config.get("format") != FORMAT:
-        raise ValueError(
-            f"{ckpt / 'config.json'}: unknown checkpoint format {config.get('format')!r}"
-        )
-    encoder = {k: v for k, v in config["encoder"].items() if k != "kernels"}  # older files
-    runner_options = dict(config["runner"])
+    config = json.loads((ckpt / "config.json").read_text())  # verified just now
+    try:
+        encoder = {k: v for k, v in config["encoder"].items() if k != "kernels"}  # older files
+        runner_options = dict(config["runner"])
+        tokenizer = load_tokenizer(ckpt / config["tokenizer"])
+    except (KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{ckpt / 'config.json'} lacks a valid {err} entry") from err
+    verify_tokenizer(ckpt, tokenizer, config)
     if "num_memory_tokens" in runner_options:  # the name before 0.2
         runner_options["memory_tokens"] = runner_options.pop("num_memory_tokens")
     runner = build_runner(EncoderConfig.from_dict(encoder), runner_options, kernels=kernels)
     load_weights(runner, ckpt / "model.safetensors", device)
     runner.to(device).eval()
-    return runner, load_tokenizer(ckpt / config["tokenizer"])
+    return runner, tokenizer
 
 
-def write_latest(checkpoints: Path, name: str, keep: int) -> None:
-    """Point `latest` at a finished checkpoint, then prune all but the newest `keep`."""
-    with atomic_path(checkpoints / "latest") as tmp:
-        tmp.write_text(name + "\n")
-    steps = sorted(p for p in checkpoints.glob("step-*") if p.is_dir())
-    for old in steps[: max(0, len(steps) - keep)]:
-        shutil.rmtree(old)
+def verify_tokenizer(
+    checkpoint: str | os.PathLike, tokenizer: DNATokenizer, config: dict | None = None
+) -> None:
+    """Refuse a tokenizer other than the one the checkpoint's model was trained with.
+
+    Its ids would index the wrong embeddings and give plausible, wrong results. Checked by
+    vocabulary size and, for checkpoints that have one, the tokenizer's fingerprint.
+    Public so that resuming can check the run's tokenizer against its checkpoint.
+    """
+    checkpoint = Path(checkpoint)
+    config = config or verify_checkpoint(checkpoint)
+    expected_size = config["encoder"]["vocab_size"]
+    expected = config.get("tokenizer_fingerprint")
+    if tokenizer.vocab_size != expected_size:
+        why = f"{tokenizer.vocab_size:,} ids, the model has {expected_size:,}"
+    elif expected is not None and tokenizer.fingerprint() != expected:
+        why = "same size, other vocabulary or merges: its fingerprint differs"
+    else:
+        return
+    saved = checkpoint / config.get("tokenizer", "tokenizer.json")
+    raise CheckpointError(
+        f"{tokenizer!r} is not the tokenizer the model in {checkpoint} was trained with ({why})",
+        fix=f"use the tokenizer saved with the model ({saved}; restore it if it was replaced)",
+    )

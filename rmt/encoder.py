@@ -41,12 +41,12 @@ class EncoderConfig:
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"model.activation={self.activation!r}; choose one of {ACTIVATIONS}")
+            raise ValueError(f"activation={self.activation!r}; choose one of {ACTIVATIONS}")
         if self.norm not in NORMS:
-            raise ValueError(f"model.norm={self.norm!r}; choose one of {NORMS}")
+            raise ValueError(f"norm={self.norm!r}; choose one of {NORMS}")
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ValueError(
-                f"model.d_model={self.d_model} must split into model.n_heads={self.n_heads} "
+                f"d_model={self.d_model} must split into n_heads={self.n_heads} "
                 "heads of even size (RoPE rotates pairs of channels)"
             )
         if self.d_ff is None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from data import DNATokenizer, Genome, MLMBatches, Region
+from data import IGNORE_INDEX, Batch, DNATokenizer, Genome, MLMBatches, Region
+from rmt.loss import reduce_loss, scored_tokens
 from rmt.runner import MemoryRunner
 
 
@@ -45,44 +46,56 @@ def evaluate(
 ) -> dict:
     """Held-out MLM loss and accuracy over tiled windows of `segments` segments each.
 
-    Masks come from `batches.tile`'s fixed seed, so every evaluation of a run scores the
-    same tokens. Stops after `max_tokens` content tokens (None: the whole regions).
+    Loss, accuracy and the unigram baseline are reduced like the training loss
+    (`runner.loss_on`: every segment's masked tokens, or the last segment's), from
+    per-segment sums. Masks come from `batches.tile`'s fixed seed, so every evaluation
+    of a run scores the same tokens. Stops after `max_tokens` content tokens (None: the
+    whole regions).
     """
     device = torch.device(device)
     was_training = runner.training
     runner.eval()
-    loss_sum = correct = count = tokens = unigram_sum = 0.0
-    seg_sums = torch.zeros(segments, dtype=torch.float64)
-    seg_counts = torch.zeros(segments, dtype=torch.float64)
+    totals = torch.zeros(4, segments, dtype=torch.float64)  # loss, correct, unigram, count
+    tokens = 0
     num_tokens = segments * runner.segment_tokens
     batch_iter = (b for region in regions for b in batches.tile(region, batch_size, num_tokens))
     for batch in batch_iter:
-        ids, mask, labels = (
-            x.to(device) for x in (batch.input_ids, batch.attention_mask, batch.labels)
-        )
-        with torch.autocast(device.type, amp, enabled=amp is not None):
-            out = runner(ids, mask, labels, return_hidden=True)
-            correct += float(runner.head.correct(out.hidden, labels))
-        n = out.segment_counts.double().cpu()
-        seg_sums[: len(n)] += out.segment_losses.double().cpu() * n
-        seg_counts[: len(n)] += n
-        loss_sum += float(out.loss) * float(n.sum())
-        count += float(n.sum())
-        tokens += float(mask.sum())
-        if unigram is not None:
-            targets = batch.labels[batch.labels != -100]
-            unigram_sum -= float(unigram[targets].sum())
+        totals += _segment_totals(runner, batch.to(device), amp, unigram)
+        tokens += int(batch.attention_mask.sum())
         if max_tokens is not None and tokens >= max_tokens:
             break
     runner.train(was_training)
+    sums, correct, unigram_sums, counts = totals
     result = {
-        "loss": loss_sum / max(count, 1),
-        "accuracy": correct / max(count, 1),
-        "segment_losses": (seg_sums / seg_counts.clamp(min=1)).tolist(),
-        "masked_tokens": int(count),
-        "tokens": int(tokens),
+        "loss": float(reduce_loss(sums, counts, runner.loss_on)),
+        "accuracy": float(reduce_loss(correct, counts, runner.loss_on)),
+        "segment_losses": (sums / counts.clamp(min=1)).tolist(),
+        "masked_tokens": int(scored_tokens(counts, runner.loss_on)),
+        "tokens": tokens,
         "segments": segments,
     }
     if unigram is not None:
-        result["unigram_loss"] = unigram_sum / max(count, 1)
+        result["unigram_loss"] = float(reduce_loss(unigram_sums, counts, runner.loss_on))
     return result
+
+
+def _segment_totals(
+    runner: MemoryRunner, batch: Batch, amp: torch.dtype | None, unigram: torch.Tensor | None
+) -> torch.Tensor:
+    """(4, segments) per-segment loss sums, correct predictions, unigram loss sums, counts."""
+    ids, mask, labels = batch.input_ids, batch.attention_mask, batch.labels
+    with torch.autocast(ids.device.type, amp, enabled=amp is not None):
+        out = runner(ids, mask, labels, return_hidden=True)
+        pieces = zip(
+            out.hidden.split(runner.segment_tokens, 1),
+            labels.split(runner.segment_tokens, 1),
+            strict=True,
+        )
+        correct = [runner.head.correct(h, y) for h, y in pieces]
+    rows = [out.segment_sums, torch.stack(correct), out.segment_counts]
+    totals = torch.stack([r.double().cpu() for r in rows])
+    unigram_sums = torch.zeros(len(out.segment_counts), dtype=torch.float64)
+    if unigram is not None:
+        for j, y in enumerate(batch.labels.cpu().split(runner.segment_tokens, 1)):
+            unigram_sums[j] = -unigram[y[y != IGNORE_INDEX]].sum()
+    return torch.cat([totals[:2], unigram_sums[None], totals[2:]])

@@ -64,6 +64,14 @@ class MLMHead(nn.Module):
         """Logits for every position: (..., d_model) -> (..., vocab_size)."""
         return self.decoder(self.features(hidden))
 
+    def token_log_probs(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """log p(ids | hidden) at every position, in fp32: how inference scores tokens.
+
+        logsumexp rather than a log_softmax, so no second (..., vocab_size) tensor is made.
+        """
+        logits = self(hidden).float()
+        return logits.gather(-1, ids[..., None])[..., 0] - logits.logsumexp(-1)
+
     def loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed cross-entropy over labelled positions and their count (both 0-dim)."""
         selected = labels != IGNORE_INDEX

@@ -5,7 +5,7 @@ CPU, glibc serves them from its heap, and the few long-lived tensors allocated b
 them keep the heap's freed pages resident. Peak memory then creeps up with the number
 of segments although the live tensors do not. Trimming every few segments
 (`rmt.runner.TRIM_EVERY`) returns those pages for a small share of step time; the
-effect is measured by `python -m benchmarks.backprop_memory` and `rmt-bench`
+effect is measured by `rmt-bench bench_experiment=backprop_memory` and `rmt-bench`
 (`rmt_replay`). A no-op off glibc.
 """
 

@@ -36,10 +36,10 @@ from torch.utils.checkpoint import checkpoint
 from rmt.encoder import Encoder
 from rmt.heads import IGNORE_INDEX, MLMHead
 from rmt.heap import release_free_heap
+from rmt.loss import LOSS_ON, reduce_loss, segment_weights
 
 BACKPROP_MODES = ("full", "truncated", "checkpoint", "replay")
 RECOMPUTING = ("checkpoint", "replay")  # modes whose backward sweep recomputes each segment
-LOSS_ON = ("all", "last")
 # Replay on the CPU returns freed heap pages to the OS every this many segments (rmt.heap).
 TRIM_EVERY = 8
 
@@ -48,18 +48,26 @@ TRIM_EVERY = 8
 class RunnerOutput:
     """What one call of the runner returns.
 
-    loss: token-weighted mean MLM loss over all segments (or the last one's), or None.
-    segment_losses: (segments,) mean loss of each segment (0 where it had no labels).
+    loss: token-weighted mean MLM loss over all segments (or the last one's), or None;
+        `rmt.loss.reduce_loss(segment_sums, segment_counts, loss_on)` without the graph.
+    segment_sums: (segments,) summed token loss of each segment (detached).
     segment_counts: (segments,) labelled tokens per segment.
     memory: (batch, m, d) memory after the last segment.
     hidden: (batch, T, d) content-token hidden states, when asked for.
     """
 
     loss: torch.Tensor | None
-    segment_losses: torch.Tensor | None
+    segment_sums: torch.Tensor | None
     segment_counts: torch.Tensor | None
     memory: torch.Tensor
     hidden: torch.Tensor | None = None
+
+    @property
+    def segment_losses(self) -> torch.Tensor | None:
+        """(segments,) mean loss of each segment (0 where it had no labels)."""
+        if self.segment_sums is None:
+            return None
+        return self.segment_sums / self.segment_counts.clamp(min=1)
 
 
 @dataclass
@@ -220,15 +228,6 @@ class MemoryRunner(nn.Module):
         loss_sum, count = self.head.loss(hidden, labels)
         return new_memory, hidden, loss_sum, count
 
-    def _loss_weights(self, counts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Per-segment weights w_j with loss = sum_j w_j * loss_sum_j."""
-        counts = counts.to(dtype)
-        if self.loss_on == "last":
-            weights = torch.zeros_like(counts)
-            weights[-1] = 1.0 / counts[-1].clamp(min=1)
-            return weights
-        return torch.ones_like(counts) / counts.sum().clamp(min=1)
-
     def _forward_autograd(self, segments, return_hidden):
         n, depth = len(segments), self.bptt_depth
         # Where to cut the graph so that each loss crosses at most `depth` transitions.
@@ -259,9 +258,8 @@ class MemoryRunner(nn.Module):
         if not sums:
             return RunnerOutput(None, None, None, memory, hidden)
         sums_t, counts_t = torch.stack(sums), torch.stack(counts)
-        loss = (self._loss_weights(counts_t, sums_t.dtype) * sums_t).sum()
-        seg_losses = sums_t.detach() / counts_t.clamp(min=1)
-        return RunnerOutput(loss, seg_losses, counts_t, memory, hidden)
+        loss = reduce_loss(sums_t, counts_t, self.loss_on)
+        return RunnerOutput(loss, sums_t.detach(), counts_t, memory, hidden)
 
     def _forward_sweep(self, segments, return_hidden):
         hiddens: list[torch.Tensor] = []
@@ -271,7 +269,7 @@ class MemoryRunner(nn.Module):
             self, segments, hiddens, return_hidden, initial, *params
         )
         hidden = torch.cat(hiddens, 1) if return_hidden else None
-        return RunnerOutput(loss, seg_sums / counts.clamp(min=1), counts, memory, hidden)
+        return RunnerOutput(loss, seg_sums, counts, memory, hidden)
 
 
 class _SegmentSweep(torch.autograd.Function):
@@ -317,7 +315,7 @@ class _SegmentSweep(torch.autograd.Function):
                 hiddens.append(hidden.detach())
             sums_t[j], counts_t[j] = loss_sum.detach(), count
             memory = new_memory
-        weights = runner._loss_weights(counts_t, sums_t.dtype)
+        weights = segment_weights(counts_t.to(sums_t.dtype), runner.loss_on)
         ctx.runner, ctx.segments, ctx.saved, ctx.weights = runner, segments, saved, weights
         ctx.inputs = inputs
         ctx.params = params

@@ -8,13 +8,18 @@ writes logs, metrics and checkpoints.
 Gradient accumulation stays with the training loop, because the curriculum changes the
 number of micro-batches per step: the strategy is told which micro-batch is the last
 of a step (DDP synchronises only then; DeepSpeed gets the boundary set explicitly).
+
+A strategy is one of the run's stateful parts (`rmt.state`): `state_dict` holds what
+goes into `trainer_state.pt` (optimizer, schedule, the task's modules), and
+`save_files`/`load_files` what lives beside it in the checkpoint directory (the
+runner's safetensors weights; DeepSpeed's sharded checkpoint).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,13 +27,17 @@ import torch.distributed as dist
 from torch import nn
 
 from rmt.checkpoint import load_weights
-from rmt.tasks import StepLoss
+from rmt.cli import pick_device
+from rmt.tasks import StepLoss, TaskBatch
 
 
 @dataclass(frozen=True)
 class World:
+    """This process's place among the ranks, and its device (collectives run there)."""
+
     rank: int = 0
     world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def is_main(self) -> bool:
@@ -39,20 +48,21 @@ class World:
         return self.world_size > 1
 
 
-def init_world(device: torch.device) -> World:
-    """Join the process group the launcher set up (a single process needs none)."""
+def init_world(device_name: str) -> World:
+    """Join the process group the launcher set up (a single process needs none).
+
+    One GPU per rank (LOCAL_RANK) on CUDA, with NCCL; gloo on the CPU.
+    """
+    device = pick_device(device_name)
+    if device_name in ("auto", "cuda") and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return World()
+        return World(device=device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return World(dist.get_rank(), dist.get_world_size())
-
-
-def local_device(name: str, world: World) -> torch.device:
-    """One GPU per rank (LOCAL_RANK) when on CUDA."""
-    if name in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu" if name == "auto" else name)
+    return World(dist.get_rank(), dist.get_world_size(), device)
 
 
 def barrier(world: World) -> None:
@@ -60,13 +70,12 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def all_reduce_mean(value: float, world: World) -> float:
-    """The mean of a Python number over ranks (itself in a single process)."""
-    if not world.distributed:
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(tensor)
-    return float(tensor) / world.world_size
+def all_reduce_sum(values: torch.Tensor, world: World) -> torch.Tensor:
+    """The sum over ranks of a tensor (itself in a single process), in float64 on the CPU."""
+    values = values.detach().to(world.device, torch.float64)
+    if world.distributed:
+        dist.all_reduce(values)
+    return values.cpu()
 
 
 class TrainModule(nn.Module):
@@ -76,8 +85,8 @@ class TrainModule(nn.Module):
         super().__init__()
         self.runner, self.task = runner, task
 
-    def forward(self, batch_size: int, segments: int) -> StepLoss:
-        return self.task.step_loss(self.runner, batch_size, segments)
+    def forward(self, batch: TaskBatch) -> StepLoss:
+        return self.task.loss(self.runner, batch)
 
 
 class LocalStrategy:
@@ -88,11 +97,13 @@ class LocalStrategy:
         self.grad_clip = t.grad_clip
         self.model = nn.parallel.DistributedDataParallel(module) if world.distributed else module
 
-    def micro_step(self, batch_size: int, segments: int, weight: float, last: bool) -> StepLoss:
+    def micro_step(self, batch: TaskBatch, scale: float, last: bool) -> StepLoss:
+        """Forward and backward of one micro-batch; its loss sum times `scale` is what
+        backpropagates (DDP averages gradients over ranks)."""
         sync = last or not isinstance(self.model, nn.parallel.DistributedDataParallel)
         with contextlib.nullcontext() if sync else self.model.no_sync():
-            part = self.model(batch_size, segments)
-            (part.loss * weight).backward()
+            part = self.model(batch)
+            (part.loss_sum * scale).backward()
         return part
 
     def step(self) -> float:
@@ -108,19 +119,22 @@ class LocalStrategy:
 
     def state_dict(self) -> dict:
         return {
+            "task": self.module.task.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr_schedule": self.lr_schedule.state_dict(),
         }
 
-    def save_sharded(self, checkpoint_dir) -> None:
-        """Nothing is sharded: the optimizer state is in `state_dict`."""
-
-    def load(self, state: dict, checkpoint_dir: Path) -> None:
-        """Weights (runner and task), optimizer and schedule from a checkpoint directory."""
-        load_weights(self.module.runner, checkpoint_dir / "model.safetensors")
+    def load_state_dict(self, state: dict) -> None:
         self.module.task.load_state_dict(state["task"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
+
+    def save_files(self, checkpoint_dir: Path) -> None:
+        """Nothing more: the runner's weights are the checkpoint's model.safetensors."""
+
+    def load_files(self, checkpoint_dir: Path) -> None:
+        """The runner's weights from the checkpoint's model.safetensors."""
+        load_weights(self.module.runner, checkpoint_dir / "model.safetensors")
 
     def gathered(self):
         """Full parameters on this rank (they always are, here)."""
@@ -160,10 +174,10 @@ class DeepSpeedStrategy:
             model=module, optimizer=optimizer, lr_scheduler=lr_schedule, config=config
         )
 
-    def micro_step(self, batch_size: int, segments: int, weight: float, last: bool) -> StepLoss:
+    def micro_step(self, batch: TaskBatch, scale: float, last: bool) -> StepLoss:
         self.engine.set_gradient_accumulation_boundary(last)
-        part = self.engine(batch_size, segments)
-        self.engine.backward(part.loss * weight)
+        part = self.engine(batch)
+        self.engine.backward(part.loss_sum * scale)
         return part
 
     def step(self) -> float:
@@ -176,14 +190,17 @@ class DeepSpeedStrategy:
         return self.engine.get_lr()[0]
 
     def state_dict(self) -> dict:
-        """Optimizer and schedule live in DeepSpeed's own checkpoint (`save_sharded`)."""
+        """Weights, optimizer and schedule live in DeepSpeed's own files (`save_files`)."""
         return {}
 
-    def save_sharded(self, checkpoint_dir) -> None:
-        """Every rank writes its optimizer partition into `checkpoint_dir/deepspeed`."""
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing: `load_files` restores it all."""
+
+    def save_files(self, checkpoint_dir: Path) -> None:
+        """Every rank writes its partition into `checkpoint_dir/deepspeed`."""
         self.engine.save_checkpoint(str(checkpoint_dir), tag="deepspeed")
 
-    def load(self, state: dict, checkpoint_dir: Path) -> None:
+    def load_files(self, checkpoint_dir: Path) -> None:
         """Weights, optimizer and schedule from every rank's part of the checkpoint."""
         self.engine.load_checkpoint(str(checkpoint_dir), tag="deepspeed")
 

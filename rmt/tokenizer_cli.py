@@ -19,15 +19,18 @@ from data import train_bpe
 from rmt.cli import user_errors
 from rmt.data_config import heldout_regions, make_genome
 from rmt.install import CONFIG_PATH
+from rmt.options import BPEOptions, TokenizerAppOptions, option_section, tokenizer_options
 
 
-def build_tokenizer(cfg: DictConfig) -> dict:
+def build_tokenizer(options: TokenizerAppOptions) -> dict:
     """Train and save the tokenizer; returns a summary (vocab, bp/token on held-out data)."""
-    heldout = heldout_regions(cfg.data)
-    genome = make_genome(cfg.data, heldout)
+    heldout = heldout_regions(options.data)
+    genome = make_genome(options.data, heldout)
     start = time.perf_counter()
-    out = Path(cfg.tokenizer.out)
-    tokenizer = train_bpe(genome, cfg.tokenizer.vocab_size, out=out, max_bp=cfg.tokenizer.max_bp)
+    bpe = options.tokenizer
+    out = Path(bpe.out)
+    with option_section("tokenizer", BPEOptions):
+        tokenizer = train_bpe(genome, bpe.vocab_size, out=out, max_bp=bpe.max_bp)
     summary = {
         "out": str(out),
         "vocab_size": tokenizer.vocab_size,
@@ -43,7 +46,7 @@ def build_tokenizer(cfg: DictConfig) -> dict:
 @hydra.main(config_path=CONFIG_PATH, config_name="tokenizer", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     with user_errors("rmt-tokenizer"):
-        summary = build_tokenizer(cfg)
+        summary = build_tokenizer(tokenizer_options(cfg))
         details = ", ".join(
             f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()
         )

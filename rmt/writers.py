@@ -5,9 +5,9 @@ fixed-size binary records to two spool files of its own, one row per token and o
 segment, as they are produced. Fixed-size rows make resuming simple and safe: the resume
 state records each spool's row count, and a rerun cuts a spool back to it, whatever a
 kill left half-written after it. HDF5 and bigWig files are not safe to leave open
-across a SIGKILL, so they are assembled only when every job is done (``finalize``): in
-genome order, block by block (memory stays bounded), each into a temporary file renamed
-into place.
+across a SIGKILL, so they are assembled only when every job is done
+(``rmt.infer.outputs.assemble``): in genome order, block by block (memory stays bounded),
+each into a temporary file renamed into place.
 
 Per-base tracks: a token's log-probability is spread evenly over its bases, so every base
 of a token gets ``logprob / length`` and the track sums to the sequence's log-likelihood.
@@ -102,7 +102,7 @@ def read_blocks(path: Path, dtype: np.dtype, reverse: bool = False) -> Iterator[
 
 @dataclass(frozen=True)
 class Piece:
-    """A finished job's spools, as ``finalize`` needs them."""
+    """A finished job's spools, as the final assembly reads them."""
 
     chrom: str
     strand: str

@@ -16,9 +16,13 @@ from hydra import compose, initialize_config_module
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.report import crossover, linear_fit, summarize
+from benchmarks.fits import crossover, linear_fit
+from benchmarks.options import BenchOptions
+from benchmarks.points import METHODS, Point
+from benchmarks.report import summarize
 from benchmarks.segments import plan, project, run_bench, skip_reason
-from benchmarks.workloads import METHODS, Point, build
+from benchmarks.workloads import build
+from rmt.option_errors import to_options
 
 TOY = [
     "model.d_model=32",
@@ -38,9 +42,11 @@ TOY = [
 ]
 
 
-def bench_config(overrides: list[str]):
+def bench_config(overrides: list[str], toy: bool = True) -> BenchOptions:
+    """conf/bench.yaml with `overrides`, as rmt-bench's main() converts it."""
     with initialize_config_module(config_module="conf", version_base="1.3"):
-        return compose("bench", [*TOY, *overrides])
+        cfg = compose("bench", [*(TOY if toy else []), *overrides])
+    return to_options(cfg, BenchOptions, "bench_schema")
 
 
 def toy_point(method: str, segments: int = 3) -> Point:
@@ -90,8 +96,8 @@ def test_sweeping_modes_count_the_model_flops_of_full_bptt(method):
 
 
 def test_toy_run_writes_a_record_per_point_and_reports(tmp_path):
-    cfg = bench_config(["segments.infer=[1,2]", "segments.train=[1,2]"])
-    records = run_bench(cfg, tmp_path)
+    options = bench_config(["segments.infer=[1,2]", "segments.train=[1,2]"])
+    records = run_bench(options, tmp_path)
     assert sorted((r["method"], r["segments"]) for r in records) == sorted(
         (m, n) for m in METHODS for n in (1, 2)
     )
@@ -114,7 +120,8 @@ def test_toy_run_writes_a_record_per_point_and_reports(tmp_path):
     assert set(group["methods"]) == set(METHODS)
     assert set(group["slope_ratios"]["rmt_infer"]) <= {"naive_infer", "whole_infer", "bert_infer"}
     table = (tmp_path / "fits.md").read_text()
-    assert all(f"| {m} |" in table for m in METHODS)
+    assert all(f"| {m} |" in table for m in METHODS if m != "rmt_truncated")
+    assert "| rmt_truncated (k=0) |" in table  # its depth in its name
     assert (tmp_path / "infer.png").stat().st_size > 0 and (tmp_path / "train.png").exists()
 
 
@@ -144,9 +151,35 @@ def test_unknown_method_is_a_clear_error():
     assert "methods: ['rmt_fast'] unknown" in run.stderr and "rmt_infer" in run.stderr
 
 
+def test_bench_yaml_values_are_the_schema_defaults():
+    """bench.yaml and BenchOptions say the same defaults (the YAML is what users read)."""
+    options = bench_config([], toy=False)
+    assert options == BenchOptions(model=options.model)
+    assert options.model["d_model"] == 256 and isinstance(options.segments.train, list)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("batch_size=0", "batch_size=0 must be >= 1"),
+        ("segments.train=[0,2]", "segments.train=[0, 2] must list segment counts, each >= 1"),
+        ("device=gpu", "device='gpu' is not one of: auto, cpu, cuda"),
+        ("optimizer=sgd", "optimizer='sgd' is not one of: adamw, none"),
+        ("label_fraction=0", "label_fraction=0.0 must be in (0, 1]"),
+        ("threads=0", "threads=0 must be >= 1 (or null)"),
+        ("+repeat=3", "unknown config key repeat (allowed: batch_size"),
+        ("+model.heads=2", "model: EncoderConfig.__init__() got an unexpected keyword"),
+    ],
+)
+def test_bad_options_name_the_key(override, message):
+    with pytest.raises(ValueError) as error:
+        plan(bench_config([override]))
+    assert message in str(error.value)
+
+
 def test_plan_orders_points_by_method_then_segments():
-    cfg = bench_config(["methods=[rmt_replay,rmt_infer]", "segments.train=[4,1,2]"])
-    points = plan(cfg)
+    options = bench_config(["methods=[rmt_replay,rmt_infer]", "segments.train=[4,1,2]"])
+    points = plan(options)
     assert [(p.method, p.segments) for p in points][:4] == [
         ("rmt_replay", 1), ("rmt_replay", 2), ("rmt_replay", 4), ("rmt_infer", 1),
     ]  # fmt: skip
@@ -165,15 +198,17 @@ def test_linear_fit_recovers_a_line_and_scores_the_misfit():
 def test_projection_and_skip_rule():
     assert project([(2, 10.0), (4, 40.0)], 8) == pytest.approx(160.0)  # quadratic
     assert project([(2, 10.0), (4, 11.0)], 8) == pytest.approx(22.0)  # at least linear
-    cfg = bench_config(["max_gb=1", "max_point_s=100"])
+    options = bench_config(["max_gb=1", "max_point_s=100"])
     history = [
         {"method": "whole_train", "segments": n, "status": "ok", "peak_mb": mb, "median_s": 1.0}
         for n, mb in ((2, 100.0), (4, 400.0))
     ]
-    assert "projected 1.6 GB > max_gb=1" in skip_reason(history, toy_point("whole_train", 8), cfg)
-    assert skip_reason(history, toy_point("whole_train", 4), cfg) is None
+    assert "projected 1.6 GB > max_gb=1" in skip_reason(
+        history, toy_point("whole_train", 8), options
+    )
+    assert skip_reason(history, toy_point("whole_train", 4), options) is None
     failed = [{"method": "whole_train", "segments": 2, "status": "failed: exit code -9"}]
-    reason = skip_reason(failed, toy_point("whole_train", 4), cfg)
+    reason = skip_reason(failed, toy_point("whole_train", 4), options)
     assert reason == "skipped: a smaller point failed"
 
 

@@ -142,3 +142,33 @@ def test_batch_to_and_argument_checks(lambda_genome: Genome) -> None:
     with pytest.raises(ValueError, match="headroom"):
         MLMBatches(lambda_genome, NucleotideTokenizer(), headroom=0.5)
     assert np.isclose(batches.bp_per_token, 1.0)
+
+
+def test_sample_keys_rows_depend_only_on_their_keys(
+    lambda_genome: Genome, lambda_bpe: BPETokenizer
+) -> None:
+    """What lets every data-parallel rank build only its own rows of a global batch."""
+    batches = MLMBatches(lambda_genome, lambda_bpe, seed=7)
+    keys = [(3, i) for i in range(6)]
+    whole = batches.sample_keys(keys, 96)
+    # Two "ranks", each with every other row, in a fresh object (no stream state).
+    ranks = [
+        MLMBatches(lambda_genome, lambda_bpe, seed=7).sample_keys(keys[r::2], 96) for r in (0, 1)
+    ]
+    for r, part in enumerate(ranks):
+        assert torch.equal(part.input_ids, whole.input_ids[r::2])
+        assert torch.equal(part.labels, whole.labels[r::2])
+        assert torch.equal(part.attention_mask, whole.attention_mask[r::2])
+        assert part.windows == whole.windows[r::2]
+    for row, window in enumerate(whole.windows):
+        assert spelled(lambda_bpe, whole, row) == window.seq
+    assert 0.05 < (whole.labels != -100).float().mean().item() < 0.3
+    # Another step, another index or another seed: other windows and masks.
+    assert batches.sample_keys([(4, 0)], 96).windows != whole.windows[:1]
+    assert batches.sample_keys([(3, 6)], 96).windows != whole.windows[:1]
+    other_seed = MLMBatches(lambda_genome, lambda_bpe, seed=8, bp_per_token=batches.bp_per_token)
+    assert other_seed.sample_keys(keys[:1], 96).windows != whole.windows[:1]
+    assert (
+        batches.state_dict()["numpy_rng"]
+        == MLMBatches(lambda_genome, lambda_bpe, seed=7).state_dict()["numpy_rng"]
+    ), "keyed sampling must not move the stream"

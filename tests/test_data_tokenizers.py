@@ -138,7 +138,7 @@ def test_missing_special_token_names_file_and_token(lambda_seq: str, tmp_path: P
 
 
 def test_load_errors(tmp_path: Path) -> None:
-    with pytest.raises(TokenizerError, match=r"not found: .*missing\.json; set tokenizer\.path"):
+    with pytest.raises(TokenizerError, match=r"not found: .*missing\.json; give load_tokenizer"):
         load_tokenizer(tmp_path / "missing.json")
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")

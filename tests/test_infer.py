@@ -18,9 +18,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from data import BPETokenizer, reverse_complement
+from data import BPETokenizer, Genome, reverse_complement
 from rmt import EncoderConfig, build_runner, load_model, save_checkpoint
-from rmt.infer import run_inference
+from rmt.infer import InferOptions, infer_options, run_inference
+from rmt.infer.plan import plan_jobs
+from rmt.infer.stream import Streamer
 
 LAMBDA = "NC_001416.1"
 REPO = Path(__file__).resolve().parents[1]
@@ -66,9 +68,15 @@ def overrides(checkpoint: Path, out: Path, cache: Path, *extra: str) -> list[str
     ]
 
 
+def infer_options_for(*args) -> InferOptions:
+    """The typed options of ``overrides(*args)``, composed as the app composes them."""
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        return infer_options(compose("infer", overrides(*args)))
+
+
 def infer(*args: str) -> dict:
     with initialize_config_module(config_module="conf", version_base="1.3"):
-        return run_inference(compose("infer", list(args)))
+        return run_inference(infer_options(compose("infer", list(args))))
 
 
 def bedgraph(path: Path) -> list[tuple[str, int, int, float]]:
@@ -266,3 +274,40 @@ def test_cli_reports_a_missing_checkpoint_in_one_line(tmp_path, fasta_cache_dir)
     assert proc.returncode == 2
     assert "rmt-infer: error: no checkpoint at" in proc.stderr and "nowhere" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_slot_starts_each_new_job_from_the_initial_memory(
+    checkpoint, tmp_path, fasta_cache_dir, three_records
+):
+    """One slot runs the three records one after another; three slots run them side by
+    side. The tracks agree only if the slot's memory row is re-initialised per job."""
+    args = overrides(checkpoint, tmp_path, fasta_cache_dir, f"data.fasta=[{three_records}]")
+    tracks = {}
+    for batch in (1, 3):
+        infer(*args, f"output={tmp_path / str(batch)}", f"batch_size={batch}")
+        tracks[batch] = bedgraph(tmp_path / str(batch) / "logprob.plus.bedGraph")
+    assert [r[:3] for r in tracks[1]] == [r[:3] for r in tracks[3]]
+    np.testing.assert_allclose(
+        [r[3] for r in tracks[1]], [r[3] for r in tracks[3]], rtol=1e-5, atol=1e-6
+    )
+
+
+def test_the_slots_memory_is_preallocated_and_empty_slots_are_skipped(
+    checkpoint, tmp_path, fasta_cache_dir, three_records
+):
+    options = infer_options_for(
+        checkpoint, tmp_path, fasta_cache_dir, f"data.fasta=[{three_records}]", "batch_size=4"
+    )
+    runner, tokenizer = load_model(checkpoint)
+    genome = Genome([str(three_records)], cache_dir=fasta_cache_dir)
+    jobs = plan_jobs(options, genome, tokenizer, runner.segment_tokens)
+    cpu = torch.device("cpu")
+    streamer = Streamer(options, runner, tokenizer, genome, jobs, tmp_path, cpu, None)
+    storage, shape = streamer.memory.data_ptr(), streamer.memory.shape
+    occupied = []
+    while streamer.step():
+        occupied.append(sum(lane is not None for lane in streamer.slots))
+        assert streamer.memory.data_ptr() == storage and streamer.memory.shape == shape
+    assert shape == (4, runner.memory_tokens, runner.encoder.config.d_model)
+    assert occupied[0] == 3 and occupied[-1] == 1  # 3 jobs in 4 slots; chrA runs longest
+    assert streamer.slots == [None] * 4 and streamer.stats["segments"] == sum(occupied)

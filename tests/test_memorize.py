@@ -9,6 +9,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
+from rmt.options import train_options
 from rmt.tasks.memorize import MemorizeTask
 from rmt.train import train
 
@@ -42,8 +43,7 @@ def compose_config(overrides):
 def task_and_runner(lambda_genome, lambda_bpe):
     from rmt.train import make_runner
 
-    cfg = compose_config(TINY)
-    runner = make_runner(cfg, lambda_bpe).eval()
+    runner = make_runner(train_options(compose_config(TINY)), lambda_bpe).eval()
     held = [lambda_genome.intervals[0]]
     task = MemorizeTask(
         runner,
@@ -74,7 +74,8 @@ def test_memory_reset_ablation_sees_only_the_last_segment(task_and_runner, lambd
     task, runner = task_and_runner
     rng = np.random.default_rng(1)
     seqs = [lambda_genome.sample_window(task._window_bp(32), rng).seq for _ in range(3)]
-    ids, mask, _ = task._batch(rng, seqs, 16, 2)
+    batch = task._batch(rng, seqs, 16, 2)
+    ids, mask = batch.input_ids, batch.attention_mask
     with torch.no_grad():
         one_carried = task.logits(runner, ids[:, :16], mask[:, :16])
         one_reset = task.logits(runner, ids[:, :16], mask[:, :16], reset_memory=True)
@@ -89,7 +90,7 @@ def test_memory_reset_ablation_sees_only_the_last_segment(task_and_runner, lambd
 
 
 def test_memorize_experiment_trains_and_reports(tmp_path):
-    result = train(compose_config(TINY), tmp_path)
+    result = train(train_options(compose_config(TINY)), tmp_path)
     report = json.loads((tmp_path / "memorize_eval.json").read_text())
     assert report["classes"] == 4 and report["chance"] == 0.25
     assert set(report["accuracy"]) == set(report["accuracy_memory_reset"]) == {"1", "2", "4"}

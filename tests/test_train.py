@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from data import bundled_genome, parse_region
 from kernels import get_ops
 from rmt import load_model
+from rmt.options import train_options
 from rmt.train import train
 
 # A run small enough for seconds on 2 cores: phage lambda, a narrow model, short segments.
@@ -26,6 +27,11 @@ from rmt.train import train
 def compose_config(name: str = "train", overrides=()):
     with initialize_config_module(config_module="conf", version_base="1.3"):
         return compose(config_name=name, overrides=list(overrides))
+
+
+def options(overrides=()):
+    """The typed options rmt-train's main() hands to `train`."""
+    return train_options(compose_config(overrides=overrides))
 
 
 @pytest.mark.parametrize("model", ["tiny", "small", "base"])
@@ -50,13 +56,16 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def test_training_writes_metrics_checkpoints_and_eval(tmp_path):
-    result = train(compose_config(overrides=FAST_TRAIN), tmp_path)
+    result = train(options(FAST_TRAIN), tmp_path)
     records = read_metrics(tmp_path)
     steps = [r for r in records if r["split"] == "train"]
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
     assert [r["segments"] for r in steps] == [1, 1, 1, 2, 2, 2]
     assert all(len(r["segment_losses"]) == r["segments"] for r in steps)
     assert all(r["tokens_per_s"] > 0 for r in steps)
+    # The share of a step spent waiting for data (prepared ahead in a background thread).
+    assert all(0 <= r["data_wait_s"] <= r["step_time_s"] for r in steps)
+    assert any((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     # The token budget is constant across stages: 8 one-segment or 4 two-segment samples.
     assert all(r["samples"] * r["segments"] * 32 == 256 for r in steps)
     assert all(r["micro_batches"] == 2 and 0 < r["tokens"] <= 256 for r in steps)
@@ -84,8 +93,7 @@ def test_training_writes_metrics_checkpoints_and_eval(tmp_path):
 
 
 def test_checkpoint_reloads_to_identical_outputs(tmp_path):
-    cfg = compose_config(overrides=FAST_TRAIN)
-    train(cfg, tmp_path)
+    train(options(FAST_TRAIN), tmp_path)
     runner, tokenizer = load_model(tmp_path)
     again, _ = load_model(tmp_path / "checkpoints" / "step-00000006")
     seq = "ACGTTGCA" * 40
@@ -101,13 +109,13 @@ def test_checkpoint_reloads_to_identical_outputs(tmp_path):
 
 def test_a_model_trained_with_triton_kernels_loads_where_they_cannot_run(tmp_path, monkeypatch):
     """The kernel backend belongs to the machine, not the checkpoint."""
-    cfg = compose_config(overrides=[*FAST_TRAIN, "kernels=torch"])
-    train(cfg, tmp_path)
+    train(options([*FAST_TRAIN, "kernels=torch"]), tmp_path)
     ckpt = tmp_path / "checkpoints" / "step-00000006"
     config = json.loads((ckpt / "config.json").read_text())
     assert "kernels" not in config["encoder"]  # not saved: a constructor argument
     config["encoder"]["kernels"] = "triton"  # as files written before 0.2 had it
     (ckpt / "config.json").write_text(json.dumps(config))
+    (ckpt / "manifest.json").unlink(missing_ok=True)  # nor had they a manifest
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # a CPU without the interpreter
     runner, _ = load_model(ckpt)
     assert runner.encoder.final_norm.ops == get_ops("torch")
@@ -117,13 +125,13 @@ def test_a_model_trained_with_triton_kernels_loads_where_they_cannot_run(tmp_pat
 
 def test_resume_continues_the_same_loss_trajectory(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    train(compose_config(overrides=FAST_TRAIN), straight)
+    train(options(FAST_TRAIN), straight)
     # A run killed right after its step-3 checkpoint: the directory as it was then.
     shutil.copytree(straight, killed)
     shutil.rmtree(killed / "checkpoints" / "step-00000006")
     (killed / "checkpoints" / "latest").write_text("step-00000003\n")
     (killed / "eval.json").unlink()
-    train(compose_config(overrides=FAST_TRAIN), killed)
+    train(options(FAST_TRAIN), killed)
     want = [r for r in read_metrics(straight) if r["split"] == "train"]
     got = [r for r in read_metrics(killed) if r["split"] == "train"][len(want) :]
     assert [(r["step"], r["stage"], r["segments"]) for r in got] == [
@@ -136,10 +144,25 @@ def test_resume_continues_the_same_loss_trajectory(tmp_path):
     assert resumed_eval == json.loads((straight / "eval.json").read_text())
 
 
+def test_a_plan_changed_by_an_evaluation_gets_its_own_batch(tmp_path):
+    """Step 4's batch is prepared during step 3 for 1 segment; the evaluation after step 3
+    moves the curriculum on to 2 segments, so that batch must not be used."""
+    overrides = [
+        *FAST_TRAIN, "curriculum=threshold", "curriculum.metric=loss",
+        "curriculum.higher_is_better=false", "curriculum.target=1000", "curriculum.mix_fraction=0",
+        "curriculum.stages=[{segments: 1, steps: 6}, {segments: 2, steps: 3}]",
+    ]  # fmt: skip
+    train(options(overrides), tmp_path)
+    steps = [r for r in read_metrics(tmp_path) if r["split"] == "train"]
+    assert [r["segments"] for r in steps] == [1, 1, 1, 2, 2, 2]
+    assert [len(r["segment_losses"]) for r in steps] == [1, 1, 1, 2, 2, 2]
+    assert all(r["samples"] * r["segments"] * 32 == 256 for r in steps)
+
+
 def test_truncated_and_replay_modes_train(tmp_path):
     for i, mode in enumerate(["memory.bptt_depth=1", "memory.backprop=replay"]):
         overrides = [*FAST_TRAIN, "curriculum.stages=[{segments: 3, steps: 2}]", mode]
-        result = train(compose_config(overrides=overrides), tmp_path / str(i))
+        result = train(options(overrides), tmp_path / str(i))
         assert result["steps"] == 2 and result["eval_loss"] > 0
 
 

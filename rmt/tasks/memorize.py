@@ -10,6 +10,7 @@ between segments (the ablation) accuracy falls to chance, 1/classes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from data import DNATokenizer, Genome, Region
 from data.batches import MLMBatches
 from rmt.cli import write_json
 from rmt.runner import MemoryRunner
-from rmt.tasks import StepLoss, Task
+from rmt.tasks import StepLoss, Task, TaskBatch
 
 
 class MemorizeTask(Task):
@@ -58,7 +59,7 @@ class MemorizeTask(Task):
         barcode_rng = np.random.default_rng(seed + 7919)
         self.barcodes = ["".join(barcode_rng.choice(bases, barcode_bp)) for _ in range(classes)]
         self.bp_per_token = MLMBatches(genome, tokenizer, seed=seed).bp_per_token
-        self.rng = np.random.default_rng(seed)
+        self.segment_tokens = runner.segment_tokens
 
     # -- data ---------------------------------------------------------------------------
     def _sample(self, rng: np.random.Generator, seq: str, segment_tokens: int, num_tokens: int):
@@ -73,18 +74,34 @@ class MemorizeTask(Task):
     def _window_bp(self, num_tokens: int) -> int:
         return int(num_tokens * self.bp_per_token * 1.3) + self.barcode_bp
 
-    def _batch(
-        self, rng: np.random.Generator, sequences: list[str], segment_tokens: int, segments: int
-    ):
-        num_tokens = segments * segment_tokens
-        ids = torch.full((len(sequences), num_tokens), self.tokenizer.pad_id, dtype=torch.long)
+    def _pad(self, rows: list[tuple[np.ndarray, int]], num_tokens: int) -> TaskBatch:
+        """(ids, label) rows as one right-padded CPU batch; one loss term per sample."""
+        ids = torch.full((len(rows), num_tokens), self.tokenizer.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids, dtype=torch.bool)
-        labels = torch.empty(len(sequences), dtype=torch.long)
-        for i, seq in enumerate(sequences):
-            row, labels[i] = self._sample(rng, seq, segment_tokens, num_tokens)
+        for i, (row, _) in enumerate(rows):
             ids[i, : len(row)] = torch.as_tensor(row)
             mask[i, : len(row)] = True
-        return ids.to(self.device), mask.to(self.device), labels.to(self.device)
+        labels = torch.tensor([label for _, label in rows], dtype=torch.long)
+        return TaskBatch(ids, mask, labels, loss_count=len(rows))
+
+    def _batch(
+        self, rng: np.random.Generator, sequences: list[str], segment_tokens: int, segments: int
+    ) -> TaskBatch:
+        """Barcoded samples of `sequences`, all planted from one generator."""
+        num_tokens = segments * segment_tokens
+        rows = [self._sample(rng, seq, segment_tokens, num_tokens) for seq in sequences]
+        return self._pad(rows, num_tokens)
+
+    def sample(self, step: int, indices: Sequence[int], segments: int) -> TaskBatch:
+        """Training samples: window, strand and barcode each from (seed, step, index)."""
+        num_tokens = segments * self.segment_tokens
+        length = self._window_bp(num_tokens)
+        rows = []
+        for index in indices:
+            rng = np.random.default_rng([self.seed, step, index])
+            seq = self.genome.sample_window(length, rng, rc_prob=0.5).seq
+            rows.append(self._sample(rng, seq, self.segment_tokens, num_tokens))
+        return self._pad(rows, num_tokens)
 
     def _heldout_sequences(self, rng: np.random.Generator, count: int, length: int) -> list[str]:
         """Windows from the held-out regions (never trained on), deterministic given rng."""
@@ -116,16 +133,9 @@ class MemorizeTask(Task):
                 memory = runner(ids, mask).memory
             return self.classifier(memory.float().mean(1))
 
-    def step_loss(self, runner: MemoryRunner, batch_size: int, segments: int) -> StepLoss:
-        length = self._window_bp(segments * runner.segment_tokens)
-        sequences = [
-            self.genome.sample_window(length, self.rng, rc_prob=0.5).seq for _ in range(batch_size)
-        ]
-        ids, mask, labels = self._batch(self.rng, sequences, runner.segment_tokens, segments)
-        rows = self.rows(batch_size)
-        ids, mask, labels = ids[rows], mask[rows], labels[rows]
-        loss = F.cross_entropy(self.logits(runner, ids, mask), labels)
-        return StepLoss(loss * self.global_share(len(labels), batch_size), int(mask.sum()))
+    def loss(self, runner: MemoryRunner, batch: TaskBatch) -> StepLoss:
+        logits = self.logits(runner, batch.input_ids, batch.attention_mask)
+        return StepLoss(F.cross_entropy(logits, batch.labels, reduction="sum"))
 
     @torch.no_grad()
     def accuracy(
@@ -140,19 +150,21 @@ class MemorizeTask(Task):
         )
         correct, loss = 0, 0.0
         for start in range(0, samples, 64):
-            ids, mask, labels = self._batch(
+            batch = self._batch(
                 rng, sequences[start : start + 64], runner.segment_tokens, segments
-            )
-            logits = self.logits(runner, ids, mask, reset_memory)
-            correct += int((logits.argmax(-1) == labels).sum())
-            loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+            ).to(self.device)
+            logits = self.logits(runner, batch.input_ids, batch.attention_mask, reset_memory)
+            correct += int((logits.argmax(-1) == batch.labels).sum())
+            loss += float(F.cross_entropy(logits, batch.labels, reduction="sum"))
         runner.train(was_training)
         return {"accuracy": correct / samples, "loss": loss / samples, "segments": segments}
 
     def evaluate(self, runner: MemoryRunner, segments: int) -> dict:
         return self.accuracy(runner, segments, self.eval_samples)
 
-    def report(self, runner: MemoryRunner, run_dir: Path, initial: dict | None) -> dict:
+    def report(
+        self, runner: MemoryRunner, run_dir: Path, initial: dict | None, write: bool
+    ) -> dict:
         n = self.report_samples
         result = {
             "classes": self.classes,
@@ -169,16 +181,10 @@ class MemorizeTask(Task):
                 for s in self.report_segments
             },
         }
-        if self.rank == 0:  # every rank evaluates (ZeRO-3 needs them all); one writes
+        if write:
             write_json(run_dir / "memorize_eval.json", result)
             plot_memorize(result, run_dir / "memorize_eval.png")
         return {f"accuracy_{k}": v for k, v in result["accuracy"].items()}
-
-    def data_state(self) -> dict:
-        return {"rng": self.rng.bit_generator.state}
-
-    def load_data_state(self, state: dict) -> None:
-        self.rng.bit_generator.state = state["rng"]
 
 
 def plot_memorize(result: dict, path: Path) -> None:

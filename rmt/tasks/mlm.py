@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -9,8 +10,9 @@ import torch
 from data import DNATokenizer, Genome, MLMBatches, Region
 from rmt.cli import write_json
 from rmt.evaluate import evaluate, unigram_log_probs
+from rmt.loss import label_counts, scored_tokens
 from rmt.runner import MemoryRunner
-from rmt.tasks import StepLoss, Task
+from rmt.tasks import StepLoss, Task, TaskBatch
 
 
 class MLMTask(Task):
@@ -22,6 +24,8 @@ class MLMTask(Task):
         tokenizer: DNATokenizer,
         heldout: list[Region],
         *,
+        segment_tokens: int,
+        loss_on: str,
         mask_prob: float,
         rc_prob: float,
         seed: int,
@@ -32,6 +36,7 @@ class MLMTask(Task):
     ) -> None:
         super().__init__()
         self.heldout, self.device, self.amp = heldout, device, amp
+        self.segment_tokens, self.loss_on = segment_tokens, loss_on
         self.eval_batch_size, self.eval_max_tokens = eval_batch_size, eval_max_tokens
         self.batches = MLMBatches(
             genome, tokenizer, mask_prob=mask_prob, rc_prob=rc_prob, seed=seed
@@ -41,18 +46,17 @@ class MLMTask(Task):
         )
         self.unigram = unigram_log_probs(tokenizer, genome) if heldout else None
 
-    def step_loss(self, runner: MemoryRunner, batch_size: int, segments: int) -> StepLoss:
-        batch = self.batches.sample(batch_size, segments * runner.segment_tokens)
-        rows = self.rows(batch_size)
-        ids, mask, labels = (
-            x[rows].to(self.device) for x in (batch.input_ids, batch.attention_mask, batch.labels)
-        )
+    def sample(self, step: int, indices: Sequence[int], segments: int) -> TaskBatch:
+        keys = [(step, i) for i in indices]
+        batch = self.batches.sample_keys(keys, segments * self.segment_tokens)
+        scored = scored_tokens(label_counts(batch.labels, self.segment_tokens), self.loss_on)
+        return TaskBatch(batch.input_ids, batch.attention_mask, batch.labels, int(scored))
+
+    def loss(self, runner: MemoryRunner, batch: TaskBatch) -> StepLoss:
         with torch.autocast(self.device.type, self.amp, enabled=self.amp is not None):
-            out = runner(ids, mask, labels)
-        share = self.global_share(
-            float(out.segment_counts.sum()), float((batch.labels != -100).sum())
-        )
-        return StepLoss(out.loss * share, int(mask.sum()), out.segment_losses.tolist())
+            out = runner(batch.input_ids, batch.attention_mask, batch.labels)
+        scored = scored_tokens(out.segment_counts, runner.loss_on)
+        return StepLoss(out.loss * scored, out.segment_sums, out.segment_counts)
 
     def evaluate(self, runner: MemoryRunner, segments: int) -> dict:
         if not self.heldout:
@@ -62,19 +66,15 @@ class MLMTask(Task):
             self.eval_max_tokens, self.device, self.amp, self.unigram,
         )  # fmt: skip
 
-    def report(self, runner: MemoryRunner, run_dir: Path, initial: dict | None) -> dict:
+    def report(
+        self, runner: MemoryRunner, run_dir: Path, initial: dict | None, write: bool
+    ) -> dict:
         if not self.heldout:
             return {}
         final = self.evaluate(runner, initial["segments"] if initial else 1)
-        if self.rank == 0:  # every rank evaluates (ZeRO-3 needs them all); one writes
+        if write:
             write_json(
                 run_dir / "eval.json",
                 {"regions": [str(r) for r in self.heldout], "initial": initial, "final": final},
             )
         return {"eval_loss": final["loss"], "eval_accuracy": final["accuracy"]}
-
-    def data_state(self) -> dict:
-        return self.batches.state_dict()
-
-    def load_data_state(self, state: dict) -> None:
-        self.batches.load_state_dict(state)

@@ -1,0 +1,79 @@
+"""What one rmt-bench measurement is: a method at a number of segments, and its settings.
+
+The method names are grouped by kind (inference or training) and by role (the RMT in
+each backprop mode, the baselines it is compared with); `benchmarks.workloads` says what
+each method runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from rmt import EncoderConfig
+
+RMT_TRAIN = {f"rmt_{mode}": mode for mode in ("full", "truncated", "replay", "checkpoint")}
+INFER_METHODS = ("rmt_infer", "naive_infer", "whole_infer", "bert_infer")
+TRAIN_METHODS = (*RMT_TRAIN, "naive_train", "whole_train", "bert_train")
+METHODS = (*INFER_METHODS, *TRAIN_METHODS)
+BASELINES = {"infer": ("naive_infer", "whole_infer", "bert_infer")}
+BASELINES["train"] = ("naive_train", "whole_train", "bert_train")
+OPTIMIZERS = ("adamw", "none")
+# The toy model of `toy`: one step of it starts the runtime, and leaves ~nothing behind.
+TOY_MODEL = {"vocab_size": 64, "d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": None}
+
+
+def kind(method: str) -> str:
+    """`infer` or `train`."""
+    return "infer" if method in INFER_METHODS else "train"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One measurement: a method at a number of segments, with everything it depends on."""
+
+    method: str
+    segments: int
+    batch_size: int
+    segment_tokens: int
+    memory_tokens: int
+    bptt_depth: int
+    model: tuple  # EncoderConfig items (a tuple keeps the point hashable and picklable)
+    kernels: str
+    label_fraction: float
+    device: str
+    dtype: str
+    threads: int | None
+    warmup: int
+    repeats: int
+    min_time_s: float = 0.0
+    seed: int = 0
+    optimizer: str = "adamw"  # training steps: adamw | none (forward + backward only)
+    toy_warmup: bool = False  # a `toy` step of the method before the point is built
+
+    @property
+    def config(self) -> EncoderConfig:
+        return EncoderConfig(**dict(self.model))
+
+    @property
+    def content_tokens(self) -> int:
+        return self.batch_size * self.segments * self.segment_tokens
+
+
+def toy(point: Point) -> Point:
+    """`point`'s method at a toy size, to run once before the point is built.
+
+    One step starts what a process starts once (thread pools and their allocator arenas,
+    lazily imported modules: ~20 MB on CPU), so the point's step peak does not count it;
+    the toy's own tensors are freed before the point's baseline is read. Truncation gets
+    k + 2 segments, so the toy takes the exact truncation sweep the point will take.
+    """
+    segments = point.bptt_depth + 2 if point.method == "rmt_truncated" else 2
+    return replace(
+        point,
+        segments=max(2, segments),
+        batch_size=1,
+        segment_tokens=16,
+        memory_tokens=2,
+        model=tuple(sorted({**dict(point.model), **TOY_MODEL}.items())),
+        toy_warmup=False,
+    )

@@ -1,0 +1,56 @@
+"""rmt-infer: whole-chromosome streaming inference with a trained RMT (a Hydra app).
+
+    rmt-infer checkpoint=runs/x output=out/                      # every record, + strand
+    rmt-infer checkpoint=runs/x data.fasta='[genome.fa.gz]' regions='[chr1:1-100000]' \\
+              strand=both tracks.masked_stride=4 output=out/
+
+From Python: ``run_inference(InferOptions(checkpoint=..., output=...))`` returns the summary.
+
+Each region is tokenized as it is read (``data.streaming``: token for token what
+tokenizing it at once would give) and fed through ``runner.step`` segment by segment,
+carrying memory, so peak memory does not depend on its length. Several streams run as one
+batch: regions, strands, and ``parallel.streams`` parts of every long region, each part
+started ``parallel.burn_in`` segments early with those outputs discarded, so that its
+memory is warm when its own sequence begins.
+
+OUT gets per-strand tracks (``logprob.plus.bw``/``.bedGraph``: log p(observed token) from
+an unmasked pass; ``masked.*`` with ``tracks.masked_stride=k``: a pseudo-log-likelihood
+from k passes, each masking every k-th token), ``embeddings.h5`` (per segment: mean-pooled
+hidden state and the memory after it; optionally per token) and ``summary.json``.
+Outputs are spooled to ``OUT/spool/`` as they are produced and assembled at the end
+(``rmt.writers``). Every ``save_every`` steps a resume state is written atomically; a
+killed run rerun with the same command continues from it and ends with byte-identical
+outputs. A rerun with a different configuration refuses unless ``overwrite=true``.
+
+The package, in the order a run goes through it:
+
+- ``options``: ``InferOptions``, the typed and validated conf/infer.yaml;
+- ``plan``: regions -> jobs (a region on one strand, or a part of it), saved once;
+- ``stream``: jobs through the model in fixed batch slots, spooled, resumable;
+- ``score``: one batched step: log-probabilities (plain and masked), pooled states;
+- ``outputs``: the output directory's identity, spool rows, the final assembly;
+- ``app``: ``run_inference`` and the Hydra ``main``.
+"""
+
+from rmt.infer.app import main, run_inference
+from rmt.infer.options import (
+    EmbeddingsOptions,
+    InferDataOptions,
+    InferOptions,
+    ParallelOptions,
+    StreamOptions,
+    TracksOptions,
+    infer_options,
+)
+
+__all__ = [
+    "EmbeddingsOptions",
+    "InferDataOptions",
+    "InferOptions",
+    "ParallelOptions",
+    "StreamOptions",
+    "TracksOptions",
+    "infer_options",
+    "main",
+    "run_inference",
+]

@@ -1,0 +1,176 @@
+"""The output directory: who owns it (run identity), spool files, and the final assembly.
+
+``config.json`` records what the outputs depend on (the options less the neutral keys,
+and the checkpoint's and FASTA files' identities): a rerun with the same identity
+resumes, a different one is refused unless ``overwrite=true``. Each job spools to two
+files named by its index in the plan; ``assemble`` turns the spools into the tracks and
+the embeddings store (``rmt.writers``), each file written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data import Encoding
+from rmt.cli import write_json
+from rmt.infer.options import InferOptions
+from rmt.infer.plan import Job
+from rmt.infer.score import Scores
+from rmt.writers import Piece, write_store, write_tracks
+
+CONFIG, PLAN, STATE, SUMMARY, STORE = (
+    "config.json", "plan.json", "state.pt", "summary.json", "embeddings.h5"
+)  # fmt: skip
+SPOOL = "spool"
+# Keys that change nothing in the outputs, so a rerun may change them and still resume.
+NEUTRAL_KEYS = ("output", "overwrite", "progress", "save_every")
+
+
+def _file_identity(path: Path) -> dict:
+    stat = path.stat()
+    return {"path": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def run_identity(options: InferOptions, checkpoint: Path, fasta: list[str]) -> dict:
+    """What the outputs depend on: the options (less neutral keys) and the input files."""
+    config = dataclasses.asdict(options)
+    for key in NEUTRAL_KEYS:
+        config.pop(key, None)
+    return {
+        "config": config,
+        "checkpoint": _file_identity(checkpoint / "model.safetensors"),
+        "fasta": [_file_identity(Path(p)) for p in fasta],
+    }
+
+
+def _differences(old, new, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [d for k in keys for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def _clear(out: Path) -> None:
+    """Remove every file an earlier run wrote into ``out``."""
+    for name in (CONFIG, PLAN, STATE, SUMMARY, STORE):
+        (out / name).unlink(missing_ok=True)
+    for track in [*out.glob("*.*.bedGraph"), *out.glob("*.*.bw")]:
+        track.unlink()
+    shutil.rmtree(out / SPOOL, ignore_errors=True)
+
+
+def prepare_output(out: Path, identity: dict, overwrite: bool) -> None:
+    """Claim ``out`` for this configuration: resume the same one, refuse another."""
+    out.mkdir(parents=True, exist_ok=True)
+    config = out / CONFIG
+    if config.exists():
+        old = json.loads(config.read_text())
+        if old == identity and not overwrite:
+            return
+        if not overwrite:
+            raise ValueError(
+                f"{out} holds outputs of a different configuration (differs in: "
+                f"{', '.join(_differences(old, identity))}); rerun the same command to resume "
+                "it, choose another output directory, or add overwrite=true to start over"
+            )
+        _clear(out)
+    write_json(config, identity)
+
+
+def spool_piece(job: Job, index: int, spool: Path) -> Piece:
+    """The spool files of the plan's job ``index``."""
+    return Piece(
+        job.chrom, job.strand, spool / f"{index:06d}.tokens", spool / f"{index:06d}.segments"
+    )
+
+
+def pieces_in_genome_order(jobs: list[Job], spool: Path, strand: str | None = None) -> list[Piece]:
+    """Finished jobs as ``Piece``s: by region, '+' before '-', increasing forward position."""
+    regions: dict[tuple, dict[str, list[int]]] = {}
+    for i, job in enumerate(jobs):
+        regions.setdefault((job.chrom, job.start), {}).setdefault(job.strand, []).append(i)
+    pieces = []
+    for by_strand in regions.values():
+        for s in ("+", "-"):
+            indices = by_strand.get(s, [])
+            if strand in (None, s):
+                ordered = reversed(indices) if s == "-" else indices  # '-' parts run backwards
+                pieces += [spool_piece(jobs[i], i, spool) for i in ordered]
+    return pieces
+
+
+@dataclass
+class StepRows:
+    """One step's scores copied to the host, from which each row's spool records are cut."""
+
+    logprob: np.ndarray
+    masked: np.ndarray | None
+    memory: np.ndarray
+    pooled: np.ndarray
+    hidden: np.ndarray | None  # only for per-token embeddings
+
+    @classmethod
+    def from_scores(cls, scores: Scores, token_hidden: bool) -> StepRows:
+        return cls(
+            scores.logprob.cpu().numpy(),
+            None if scores.masked is None else scores.masked.cpu().numpy(),
+            scores.memory.float().cpu().numpy(),
+            scores.pooled.cpu().numpy(),
+            scores.hidden.float().cpu().numpy() if token_hidden else None,
+        )
+
+    def tokens(self, row: int, segment: Encoding, spans: np.ndarray, dtype: np.dtype):
+        """Token records of batch row ``row``: forward spans, ids, scores (NaN: not run)."""
+        n = len(segment)
+        tokens = np.zeros(n, dtype=dtype)
+        tokens["start"], tokens["end"] = spans[:, 0], spans[:, 1]
+        tokens["id"] = segment.ids
+        tokens["logprob"] = self.logprob[row, :n]
+        tokens["masked"] = np.nan if self.masked is None else self.masked[row, :n]
+        if self.hidden is not None:
+            tokens["embedding"] = self.hidden[row, :n]
+        return tokens
+
+    def segment(self, row: int, spans: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        """The segment record of batch row ``row``: its span, pooled state and memory."""
+        seg = np.zeros(1, dtype=dtype)
+        seg["start"], seg["end"] = spans[:, 0].min(), spans[:, 1].max()
+        seg["embedding"], seg["memory"] = self.pooled[row], self.memory[row]
+        return seg
+
+
+@dataclass(frozen=True)
+class Assembly:
+    """Everything the final files are made from, named rather than read off a run."""
+
+    out: Path
+    spool: Path
+    jobs: list[Job]
+    chroms: Sequence[tuple[str, int]]  # (record, length) of every record the jobs cover
+    tracks: Sequence[str]  # "logprob", and "masked" when it was computed
+    token_dtype: np.dtype
+    segment_dtype: np.dtype
+    token_embeddings: bool  # per-token rows in the store too
+    attrs: dict  # the store's attributes
+
+
+def assemble(a: Assembly) -> list[str]:
+    """Tracks (per strand) and the embeddings store from the spools; the files' names."""
+    written = []
+    for strand in dict.fromkeys(j.strand for j in a.jobs):
+        pieces = pieces_in_genome_order(a.jobs, a.spool, strand)
+        for track in a.tracks:
+            written += write_tracks(a.out, track, strand, pieces, a.chroms, a.token_dtype)
+    dtypes = {"segments": a.segment_dtype}
+    if a.token_embeddings:
+        dtypes["tokens"] = a.token_dtype
+    pieces = pieces_in_genome_order(a.jobs, a.spool)
+    written.append(write_store(a.out / STORE, pieces, a.chroms, dtypes, a.attrs))
+    return [p.name for p in written]

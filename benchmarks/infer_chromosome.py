@@ -133,7 +133,7 @@ def rmt_point(checkpoint: str, region: str, out: str, streams: int, args: dict) 
     torch.set_num_threads(args["threads"])
     options = InferOptions(
         checkpoint=checkpoint, output=out, regions=[region],
-        data=InferDataOptions(cache_dir=f"{args['work']}/fasta"),
+        data=InferDataOptions(fasta="bundled:ecoli", cache_dir=f"{args['work']}/fasta"),
         batch_size=args["batch_size"],
         parallel=ParallelOptions(streams=streams, min_bp=0, burn_in=args["burn_in"]),
         threads=args["threads"], progress=False, overwrite=True,
@@ -147,9 +147,10 @@ def rmt_point(checkpoint: str, region: str, out: str, streams: int, args: dict) 
     s = runner.segment_tokens
     reference = matmul_flops_per_s(config, batch * (s + m), batch * s)
     return {
-        **{k: summary[k] for k in ("bp", "tokens", "segments", "burn_in_segments", "streams")},
+        "bp": summary["strand_bp"],
+        **{k: summary[k] for k in ("tokens", "segments", "burn_in_segments", "streams")},
         **{k: summary[k] for k in ("wall_s", "model_s", "bp_per_s", "peak_rss_mb")},
-        "model_bp_per_s": round(summary["bp"] / summary["model_s"], 1),
+        "model_bp_per_s": round(summary["strand_bp"] / summary["model_s"], 1),
         "flops_per_s": achieved,
         "matmul_flops_per_s": reference,
         "flops_fraction": round(achieved / reference, 3),

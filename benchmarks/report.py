@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import io
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -27,6 +29,30 @@ CSV_FIELDS = [
     "max_s", "tokens_per_s", "s_per_segment", "baseline_mb", "peak_mb", "step_peak_delta_mb",
     "model_flops", "flops_per_s", "mfu",
 ]  # fmt: skip
+
+
+BENCH_EXTRA = "pip install 'rmt-dna[bench]'"
+TRANSFORMERS_METHODS = ("bert_infer", "bert_train")  # benchmarks.workloads._bert
+
+
+def check_extras(methods: Iterable[str]) -> None:
+    """Refuse at once, naming the `bench` extra, when a package the run needs is missing.
+
+    Without it each bert point would die in its process (`failed: exit code 1`) and the
+    plots would be left out, after a full run that then looks like a success.
+    """
+    missing = []
+    if importlib.util.find_spec("matplotlib") is None:
+        missing.append("matplotlib (for the plots)")
+    bert = [m for m in methods if m in TRANSFORMERS_METHODS]
+    if bert and importlib.util.find_spec("transformers") is None:
+        missing.append(f"transformers (for {', '.join(bert)})")
+    if not missing:
+        return
+    fix = BENCH_EXTRA
+    if len(missing) == 1 and missing[0].startswith("transformers"):
+        fix += f", or leave {', '.join(bert)} out of methods=[...]"
+    raise ValueError(f"{' and '.join(missing)} not installed: {fix}")
 
 
 def group_label(record: dict) -> str:
@@ -240,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sweep_dir", help="the multirun directory of an rmt-bench sweep")
     args = parser.parse_args(argv)
     with user_errors("rmt-bench-summary"):
+        check_extras(())
         summarize(args.sweep_dir)
         print(f"merged -> {Path(args.sweep_dir) / 'fits.md'}")
 

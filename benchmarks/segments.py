@@ -256,10 +256,13 @@ def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     with user_errors("rmt-bench"):
         options = to_options(cfg, BenchOptions, "bench_schema")  # validated here, once
+        report.check_extras(options.methods)
         records = run_bench(options, out_dir)
         ok = sum(r["status"] == "ok" for r in records)
         print(f"{ok}/{len(records)} points measured -> {out_dir / 'fits.md'}")
 
 
 if __name__ == "__main__":
-    main()
+    from rmt.entry import run_app  # config mistakes: one line, exit 2, as rmt-bench
+
+    run_app(main, "rmt-bench")

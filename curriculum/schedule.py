@@ -135,6 +135,8 @@ class Curriculum:
                 f"metric={self.metric!r} is not an evaluation metric; available: {sorted(metrics)}"
             )
         value = metrics[self.metric]
+        if value is None:  # not measurable at this length (memory gain at one segment)
+            return None
         met = value >= self.target if self.higher_is_better else value <= self.target
         return self._advance("target", {self.metric: value}) if met else None
 

@@ -7,12 +7,18 @@ model computes, keyed by the plan it was built for, so a plan changed by an eval
 never gets a stale batch. The step's loss is one mean over the global batch: the loss
 terms are counted before the forward (one all-reduce per step), and every micro-batch
 backpropagates its loss sum over that count.
+
+A step whose loss or gradient norm is not finite (training diverged) gets no update; by
+`trainer.on_nonfinite` the run then stops with a one-line error (`TrainingDiverged`), or
+goes on without that step, up to `trainer.max_skipped_steps` such steps. Either way no
+checkpoint holds non-finite weights and the last good one is kept.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -29,6 +35,14 @@ if TYPE_CHECKING:
     from rmt.train import Run
 
 log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(ValueError):
+    """A non-finite loss or gradient norm ended the run (the user's settings: exit 2)."""
+
+
+class NothingToLearn(ValueError):
+    """A step without a single scored token: its loss would be 0 whatever the model does."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,7 @@ class TrainLoop:
     def __init__(self, run: Run) -> None:
         self.run, self.t, self.world = run, run.trainer, run.world
         self.curriculum, self.strategy, self.task = run.curriculum, run.strategy, run.task
+        self.checked_labels = False  # the first step is checked for scored tokens
 
     # -- planning and data ----------------------------------------------------------
     def plan(self, step: int, segments: int) -> StepPlan:
@@ -79,7 +94,7 @@ class TrainLoop:
         """The next step's plan as the curriculum stands (an evaluation may change it)."""
         ahead = copy.deepcopy(self.curriculum)
         ahead.step_done()
-        if ahead.step >= self.run.max_steps or ahead.done:
+        if self.finished(ahead):
             return None
         return self.plan(ahead.step, ahead.sample_segments())
 
@@ -91,20 +106,26 @@ class TrainLoop:
             batches = [b.pin_memory() for b in batches]
         return batches
 
+    def finished(self, c) -> bool:
+        """Done after `trainer.max_steps` steps, or at the curriculum's end when it is null
+        (with a number, the last stage goes on past the curriculum's total)."""
+        return c.step >= self.run.max_steps if self.run.max_steps else c.done
+
     # -- the loop -------------------------------------------------------------------
     def run_to_end(self) -> dict:
         run, c = self.run, self.curriculum
         if run.values["initial_eval"] is None:
+            log.info("evaluating the initial model at %d segments ...", c.max_segments)
             run.values["initial_eval"] = self.task.evaluate(run.runner, c.max_segments) or None
             if run.values["initial_eval"]:
                 run.sink.write({"step": 0, "split": "eval", **run.values["initial_eval"]})
         run.runner.train()
-        show = self.t.progress and self.world.is_main
+        show, total = self.t.progress and self.world.is_main, run.max_steps or c.total_steps
         with (
             Prefetcher(self.prepare) as prefetch,
-            tqdm(total=run.max_steps, initial=c.step, disable=not show) as progress,
+            tqdm(total=total, initial=c.step, disable=not show) as progress,
         ):
-            while c.step < run.max_steps and not c.done:
+            while not self.finished(c):
                 self.train_step(prefetch, progress)
         initial, write = run.values["initial_eval"], self.world.is_main
         result = {"steps": c.step, **self.task.report(run.runner, run.run_dir, initial, write)}
@@ -120,34 +141,70 @@ class TrainLoop:
         prefetch.submit(self.forecast())
         totals, grad_norm = self.optimize(batches)
         elapsed = time.perf_counter() - start
+        skipped = self.nonfinite(c.step + 1, totals["loss"], grad_norm)
         stage, transitions = c.stage, [c.step_done()]
         record = {
             "step": c.step, "split": "train", "stage": stage, "segments": plan.segments,
             "samples": sum(plan.sizes), "micro_batches": len(plan.sizes), **totals,
             "tokens_per_s": totals["tokens"] / elapsed, "step_time_s": elapsed,
             "data_wait_s": wait, "lr": self.strategy.lr, "grad_norm": grad_norm,
+            **({"skipped": True} if skipped else {}),
         }  # fmt: skip
         progress.update(1)
         progress.set_postfix(loss=f"{record['loss']:.3f}", segments=plan.segments,
                              tok_s=f"{record['tokens_per_s']:,.0f}")  # fmt: skip
-        last = c.step == self.run.max_steps
-        if c.step % t.log_every == 0 or last:
+        last = self.finished(c)
+        if c.step % t.log_every == 0 or last or skipped:
             self.run.sink.write(record)
-        if c.step % t.eval_every == 0 and not last and not c.done:
+        if c.step % t.eval_every == 0 and not last:
             result = self.task.evaluate(self.run.runner, c.segments)
             self.run.sink.write({"step": c.step, "split": "eval", **result})
-            transitions.append(c.observe(result))
+            transitions.append(None if c.done else c.observe(result))
         for transition in filter(None, transitions):
             self.run.sink.write({"split": "curriculum", **transition})
             log.info("curriculum: %s", transition)
-        if c.step % t.save_every == 0 or last or c.done:
+        if c.step % t.save_every == 0 or last:
             self.run.checkpointer.save(c.step)
+
+    def nonfinite(self, step: int, loss: float, grad_norm: float | None) -> bool:
+        """True when step `step` diverged and is skipped; raises when the run must stop.
+
+        The strategy has left the update out already (a non-finite gradient norm); a
+        non-finite loss alone is caught here."""
+        norm_ok = grad_norm is None or math.isfinite(grad_norm)
+        if math.isfinite(loss) and norm_ok:
+            return False
+        values, t = self.run.values, self.t
+        what = f"loss {loss:.4g}, gradient norm {grad_norm}"
+        if t.on_nonfinite == "skip":
+            values["skipped_steps"] = values["skipped_steps"] + 1
+            if values["skipped_steps"] <= t.max_skipped_steps:
+                log.warning("step %d skipped (%s): %d of trainer.max_skipped_steps=%d",
+                            step, what, values["skipped_steps"], t.max_skipped_steps)  # fmt: skip
+                return True
+            what += f"; {values['skipped_steps'] - 1} steps skipped already"
+        self.run.sink.write({"step": step, "split": "train", "loss": loss,
+                             "grad_norm": grad_norm, "diverged": True})  # fmt: skip
+        raise TrainingDiverged(
+            f"training diverged at step {step} ({what}) with trainer.lr={t.lr:g}: lower "
+            "trainer.lr (or raise trainer.warmup_steps) and start a new run directory, or "
+            "set trainer.on_nonfinite=skip; no checkpoint was written from it, "
+            f"{self.run.checkpointer.last_saved()}"
+        )
 
     def optimize(self, batches: list[TaskBatch]) -> tuple[dict, float]:
         """One optimizer step over the micro-batches; the global batch's loss and tokens."""
         world = self.world
         local = torch.tensor([[b.loss_count, b.tokens] for b in batches], dtype=torch.float64)
         total, tokens = all_reduce_sum(local.sum(0), world).tolist()
+        if total == 0 and not self.checked_labels:
+            raise NothingToLearn(
+                f"step {self.curriculum.step + 1} has no scored tokens ({int(tokens)} tokens, "
+                "none labelled), so its loss is 0 whatever the model does: check "
+                "data.mask_prob, that the tokenizer covers the data (unknown tokens are never "
+                "scored) and memory.loss_on"
+            )
+        self.checked_labels = True
         scale = world.world_size / max(total, 1.0)
         parts = []
         for i, batch in enumerate(batches):

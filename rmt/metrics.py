@@ -5,20 +5,52 @@ A record is a flat dict with a `split` (train, eval, curriculum, final) and a `s
 TensorBoard gets each number as the scalar `split/key` (a list of numbers, such as
 `segment_losses`, as `split/key/i`); W&B gets the same scalars. Only rank 0 writes:
 other ranks hold a sink that drops everything.
+
+A resumed run continues from its checkpoint's step, so the records a killed run wrote
+after that step are dropped first (`keep_through`): the file reads as one trajectory.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from numbers import Number
 from pathlib import Path
 
+from data.atomic import atomic_path
 from rmt.cli import MetricsLog
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+
+
+def keep_through(path: Path, step: int) -> int:
+    """Rewrite `path` (atomically) with only the records of steps <= `step`; returns how
+    many were dropped.
+
+    Those are what a run killed after its last checkpoint wrote beyond it (it is about to
+    write them again), an unreadable last line of a kill mid-write, and `final` records
+    (the run writes its own). `step` -1: drop everything (no checkpoint to resume).
+    """
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+            keep = record.get("step", 0) <= step and record.get("split") != "final"
+        except (ValueError, AttributeError, TypeError):
+            keep = False
+        kept += [line] if keep else []
+        dropped += not keep
+    if dropped:
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(f"{line}\n" for line in kept))
+        log.info("%s: dropped %d record(s) past step %d (the checkpoint resumed)",
+                 path, dropped, step)  # fmt: skip
+    return dropped
 
 
 def scalars(record: dict) -> dict[str, float]:
@@ -44,6 +76,8 @@ class MetricsSink:
             the `tensorboard` package is missing).
         wandb: a W&B project name to log to (needs `wandb` installed), or None.
         config: the run's configuration, for W&B's run page.
+        resume_step: the step the run resumes from (None: a fresh run); records past it
+            in an existing `metrics.jsonl` are dropped (`keep_through`).
     """
 
     def __init__(
@@ -54,7 +88,10 @@ class MetricsSink:
         tensorboard: bool = False,
         wandb: str | None = None,
         config: dict | None = None,
+        resume_step: int | None = None,
     ) -> None:
+        if enabled:
+            keep_through(run_dir / METRICS_FILE, -1 if resume_step is None else resume_step)
         self.jsonl = MetricsLog(run_dir / METRICS_FILE) if enabled else None
         board = enabled and tensorboard
         self.tensorboard = _tensorboard(run_dir / TENSORBOARD_DIR) if board else None

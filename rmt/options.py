@@ -43,6 +43,7 @@ __all__ = ["BPEOptions", "DataOptions", "DoublingCurriculumOptions", "FixedCurri
            "train_options"]  # fmt: skip
 
 PRECISIONS = ("auto", "fp32", "bf16")
+ON_NONFINITE = ("stop", "skip")
 STRATEGIES = ("single", "ddp", "deepspeed")
 TASKS = {"mlm": MLMTaskOptions, "memorize": MemorizeTaskOptions}
 CURRICULA = {
@@ -81,10 +82,17 @@ class TrainerOptions:
     progress: bool = MISSING
     tensorboard: bool = True
     wandb: str | None = None
+    on_nonfinite: str = MISSING
+    max_skipped_steps: int = MISSING
+    # Score every evaluation again with the memory reset per segment (rmt.evaluate).
+    memory_gain: bool = True
 
     def __post_init__(self) -> None:
         self._check_strategy()
-        for key in ("threads", "max_steps", "tokens_per_step", "micro_batch_tokens",
+        self._check_nonfinite()
+        check(self.max_steps is None or self.max_steps >= 1, "trainer.max_steps", self.max_steps,
+              "must be >= 1 (that many steps), or null (the curriculum's total)")  # fmt: skip
+        for key in ("threads", "tokens_per_step", "micro_batch_tokens",
                     "batch_size", "log_every", "eval_every", "eval_max_tokens",
                     "eval_batch_size", "save_every", "keep_checkpoints"):  # fmt: skip
             at_least(f"trainer.{key}", getattr(self, key), 1)
@@ -96,6 +104,14 @@ class TrainerOptions:
               "must be in [0, 1]")  # fmt: skip
         check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "trainer.betas",
               self.betas, "must be two numbers in [0, 1), e.g. [0.9, 0.98]")  # fmt: skip
+
+    def _check_nonfinite(self) -> None:
+        check(self.on_nonfinite in ON_NONFINITE, "trainer.on_nonfinite", self.on_nonfinite,
+              f"is not a policy; choose one of {', '.join(ON_NONFINITE)}")  # fmt: skip
+        at_least("trainer.max_skipped_steps", self.max_skipped_steps, 0)
+        check(self.on_nonfinite == "stop" or self.strategy != "deepspeed", "trainer.on_nonfinite",
+              self.on_nonfinite, "needs trainer.strategy single or ddp (DeepSpeed applies every "
+              "update): use trainer.on_nonfinite=stop")  # fmt: skip
 
     def _check_strategy(self) -> None:
         check(self.strategy in STRATEGIES, "trainer.strategy", self.strategy,

@@ -13,15 +13,18 @@ resumed run draws the same batches from the step count alone.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from safetensors import SafetensorError
 
 from rmt.checkpoint import (
     remove_stale_temps,
     resolve_checkpoint,
+    runner_config,
     save_checkpoint,
     verify_tokenizer,
     write_latest,
@@ -29,6 +32,39 @@ from rmt.checkpoint import (
 from rmt.strategy import World, barrier
 
 TRAINER_STATE = "trainer_state.pt"
+#: saved settings a resumed run may change: they do not shape the weights or their meaning
+MAY_CHANGE = {"model.init_std", "memory.backprop", "memory.bptt_depth"}
+
+
+class CheckpointWriteError(ValueError):
+    """A checkpoint could not be written (a full disk, most often): one line, exit 2."""
+
+
+def model_differences(checkpoint: Path, runner) -> list[str]:
+    """`key=saved (this run: value)` for each model or memory setting that differs from
+    the one `checkpoint` was trained with (its config.json, verified already)."""
+    saved = json.loads((checkpoint / "config.json").read_text())
+    pairs = [
+        ("model", saved.get("encoder", {}), runner.encoder.config.to_dict()),
+        ("memory", saved.get("runner", {}), runner_config(runner)),
+    ]
+    return [
+        f"{section}.{key}={was[key]!r} (this run: {now[key]!r})"
+        for section, was, now in pairs
+        for key in sorted(set(was) & set(now))
+        if key != "vocab_size" and f"{section}.{key}" not in MAY_CHANGE and was[key] != now[key]
+    ]
+
+
+def check_same_model(checkpoint: Path, runner) -> None:
+    """Refuse to resume a checkpoint into a differently configured model, in one line."""
+    differs = model_differences(checkpoint, runner)
+    if differs:
+        raise ValueError(
+            f"cannot resume from {checkpoint}: it was trained with {'; '.join(differs)}; "
+            "resume with the settings it was trained with, or start a new run directory "
+            "(hydra.run.dir=...)"
+        )
 
 
 class Stateful(Protocol):
@@ -107,15 +143,41 @@ class Checkpointer:
         with self.strategy.gathered():
             if self.world.is_main:
                 trainer_state = {"step": step, "config": self.config, **self.state.state_dict()}
-                save_checkpoint(
-                    self.directory / name, self.runner, self.tokenizer, trainer_state,
-                    {"step": step},
-                )  # fmt: skip
+                self._write(name, trainer_state, step)
         barrier(self.world)
         self.strategy.save_files(self.directory / name)
         barrier(self.world)
         if self.world.is_main:
-            write_latest(self.directory, name, self.keep)
+            try:
+                write_latest(self.directory, name, self.keep)
+            except OSError as err:  # named after `latest`, not its vanished temp file
+                raise OSError(err.errno, err.strerror, str(self.directory / "latest")) from err
+
+    def _write(self, name: str, trainer_state: dict, step: int) -> None:
+        """`save_checkpoint`, its I/O failures as one line naming the directory.
+
+        safetensors and torch.save report a full disk as their own exception types
+        (SafetensorError, RuntimeError), without the path; the temp directory is gone
+        already (`save_checkpoint` removes it) and `latest` still names the last one.
+        """
+        directory = self.directory / name
+        try:
+            save_checkpoint(directory, self.runner, self.tokenizer, trainer_state,
+                            {"step": step})  # fmt: skip
+        except (OSError, RuntimeError, SafetensorError) as err:
+            reason = (getattr(err, "strerror", None) or str(err)).splitlines()[0]
+            raise CheckpointWriteError(
+                f"could not write checkpoint {directory}: {reason} (a full disk? see "
+                f"`df -h {self.directory}`); free space or move the run, then rerun to "
+                "resume from the last checkpoint"
+            ) from err
+
+    def last_saved(self) -> str:
+        """Where the last good checkpoint is, in words (for a message that stops a run)."""
+        latest = self.directory / "latest"
+        if latest.is_file():
+            return f"the last one, {self.directory / latest.read_text().strip()}, is kept"
+        return "and there is no earlier checkpoint"
 
     def restore(self) -> Path | None:
         """Load the newest valid checkpoint into every part; None when the run has none yet.
@@ -128,6 +190,7 @@ class Checkpointer:
         if not (self.directory / "latest").is_file():
             return None
         checkpoint = resolve_checkpoint(self.directory.parent)
+        check_same_model(checkpoint, self.runner)
         verify_tokenizer(checkpoint, self.tokenizer)
         path = checkpoint / TRAINER_STATE
         trainer_state = torch.load(path, weights_only=False)

@@ -107,8 +107,10 @@ class LocalStrategy:
         return part
 
     def step(self) -> float:
+        """Clip and update; a non-finite gradient norm gets no update (rmt.loop decides)."""
         norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
-        self.optimizer.step()
+        if torch.isfinite(norm):
+            self.optimizer.step()
         self.lr_schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
@@ -180,10 +182,11 @@ class DeepSpeedStrategy:
         self.engine.backward(part.loss_sum * scale)
         return part
 
-    def step(self) -> float:
+    def step(self) -> float | None:
+        """Update (DeepSpeed applies it whatever the gradients); the norm when it has one."""
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        return float(norm) if norm is not None else None
 
     @property
     def lr(self) -> float:

@@ -55,4 +55,6 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from rmt.entry import run_app  # config mistakes: one line, exit 2, as rmt-tokenizer
+
+    run_app(main, "rmt-tokenizer")

@@ -10,14 +10,18 @@ optimise, log, evaluate, save). The run directory gets `metrics.jsonl` and
 `tensorboard/` (one record per logged step, evaluation and curriculum transition),
 `checkpoints/` (safetensors + config + tokenizer + trainer state) and the task's report
 (`eval.json` for MLM). Rerunning into an existing run directory resumes from its latest
-checkpoint.
+checkpoint. The run directory is locked while a run writes into it (`rmt.lock`): a second
+rmt-train into it stops at once, naming the first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import random
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,6 +38,7 @@ from rmt.cli import autocast_dtype, user_errors
 from rmt.data_config import heldout_regions, make_genome, make_tokenizer
 from rmt.encoder import EncoderConfig
 from rmt.install import CONFIG_PATH
+from rmt.lock import RunLock
 from rmt.loop import TrainLoop
 from rmt.metrics import MetricsSink
 from rmt.options import TrainerOptions, TrainOptions, train_options
@@ -83,7 +88,7 @@ def make_task(
             genome, tokenizer, heldout, segment_tokens=runner.segment_tokens,
             loss_on=runner.loss_on, mask_prob=cfg.data.mask_prob, rc_prob=cfg.data.rc_prob,
             seed=cfg.seed, eval_batch_size=t.eval_batch_size, eval_max_tokens=t.eval_max_tokens,
-            device=device, amp=amp,
+            device=device, amp=amp, memory_gain=t.memory_gain,
         )  # fmt: skip
     if name == "memorize":
         from rmt.tasks.memorize import MemorizeTask
@@ -134,7 +139,7 @@ class Run:
     task: Task
     curriculum: Curriculum
     strategy: LocalStrategy | DeepSpeedStrategy
-    max_steps: int
+    max_steps: int | None  # None: the curriculum's end
     values: Values
     checkpointer: Checkpointer
     sink: MetricsSink
@@ -142,6 +147,9 @@ class Run:
 
 def shared_tokenizer(cfg: TrainOptions, genome, run_dir: Path, world: World) -> DNATokenizer:
     """Rank 0 trains (or loads) the tokenizer into the run directory; the others load it."""
+    if world.is_main and cfg.tokenizer.path is None and not (run_dir / "tokenizer.json").is_file():
+        log.info("training a %d-token BPE on the training sequence (tokenizer.path=null; "
+                 "once per run) ...", cfg.tokenizer.vocab_size)  # fmt: skip
     tokenizer = make_tokenizer(cfg.tokenizer, genome, run_dir) if world.is_main else None
     barrier(world)
     return make_tokenizer(cfg.tokenizer, genome, run_dir) if tokenizer is None else tokenizer
@@ -157,50 +165,68 @@ def build(cfg: TrainOptions, run_dir: Path) -> Run:
     amp = autocast_dtype(t.precision, world.device)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    log.info("reading %s (a first run decompresses and indexes it) ...", ", ".join(cfg.data.fasta))
     heldout = heldout_regions(cfg.data)
     genome = make_genome(cfg.data, heldout)
     tokenizer = shared_tokenizer(cfg, genome, run_dir, world)
+    log.info("data and tokenizer ready (%.1f s)", time.perf_counter() - started)
     runner = make_runner(cfg, tokenizer).to(world.device)
     task = make_task(cfg, runner, tokenizer, genome, heldout, world.device, amp).to(world.device)
     module = TrainModule(runner, task)
     curriculum = build_curriculum(asdict(cfg.curriculum), seed=cfg.seed)
-    max_steps = t.max_steps or curriculum.total_steps
-    optimizer, lr_schedule = make_optimizer(list(module.named_parameters()), t, max_steps)
+    planned = t.max_steps or curriculum.total_steps
+    optimizer, lr_schedule = make_optimizer(list(module.named_parameters()), t, planned)
     strategy = make_strategy(module, optimizer, lr_schedule, t, world)
-    values = Values(initial_eval=None)
+    values = Values(initial_eval=None, skipped_steps=0)
     state = TrainState(strategy=strategy, curriculum=curriculum, rng=TorchRNG(), run=values)
     config = asdict(cfg)
     checkpointer = Checkpointer(
         run_dir, state, strategy, runner, tokenizer, world, t.keep_checkpoints, config
     )
-    if t.resume:
-        checkpointer.restore()
+    restored = checkpointer.restore() if t.resume else None
     sink = MetricsSink(
-        run_dir, enabled=world.is_main, tensorboard=t.tensorboard,
-        wandb=t.wandb, config=config,
+        run_dir, enabled=world.is_main, tensorboard=t.tensorboard, wandb=t.wandb,
+        config=config, resume_step=curriculum.step if restored else None,
     )  # fmt: skip
     return Run(
-        run_dir, t, world, runner, task, curriculum, strategy, max_steps, values, checkpointer,
-        sink,
+        run_dir, t, world, runner, task, curriculum, strategy, t.max_steps, values,
+        checkpointer, sink,
     )  # fmt: skip
 
 
-def train(cfg: TrainOptions, run_dir: str | Path) -> dict:
-    """Train as configured, writing everything into `run_dir`; returns the final metrics."""
-    run = build(cfg, Path(run_dir))
-    try:
-        return TrainLoop(run).run_to_end()
-    finally:
-        run.sink.close()
+def run_lock(run_dir: Path) -> contextlib.AbstractContextManager:
+    """The run directory's lock, taken by the launcher's rank 0 (the only writer of most
+    files; the other ranks of the same run must not be refused)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return RunLock(run_dir, "rmt-train")
+
+
+def train(cfg: TrainOptions, run_dir: str | Path, *, lock: bool = True) -> dict:
+    """Train as configured, writing everything into `run_dir`; returns the final metrics.
+
+    `lock=False` when the caller holds the run directory's lock already (`main`).
+    """
+    run_dir = Path(run_dir)
+    with run_lock(run_dir) if lock else contextlib.nullcontext():
+        run = build(cfg, run_dir)
+        try:
+            return TrainLoop(run).run_to_end()
+        finally:
+            run.sink.close()
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict | float:
     """The Hydra task: returns the final metrics, or `objective`'s value for a sweeper."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    with user_errors("rmt-train"):
+    log.info("run directory: %s", run_dir)
+    # The lock first: a refused second process must not even write status.json there.
+    with user_errors("rmt-train"), run_lock(run_dir):
         # train_options stays inside the job, so a bad value is recorded in status.json too.
-        result = run_job(lambda: train(train_options(cfg), run_dir), run_dir, "rmt-train")
+        job = lambda: train(train_options(cfg), run_dir, lock=False)  # noqa: E731
+        result = run_job(job, run_dir, "rmt-train")
         if result is None:  # a failed job of a multirun: recorded, and the sweep goes on
             return float("nan") if cfg.objective is not None else None
         if cfg.objective is not None:
@@ -213,4 +239,6 @@ def main(cfg: DictConfig) -> dict | float:
 
 
 if __name__ == "__main__":
-    main()
+    from rmt.entry import run_app  # config mistakes: one line, exit 2, as rmt-train
+
+    run_app(main, "rmt-train")

@@ -13,11 +13,17 @@ Per-base tracks: a token's log-probability is spread evenly over its bases, so e
 of a token gets ``logprob / length`` and the track sums to the sequence's log-likelihood.
 Each strand gets its own files (``logprob.plus.bw``, ``logprob.minus.bw``): averaging
 the strands would mix two different tokenizations of the same bases.
+
+pyBigWig does not survive a full disk (libBigWig corrupts its heap and the process
+aborts, with no exception to report), so ``write_tracks`` first checks that the disk
+has room for both files at their largest, and refuses with ENOSPC naming the file.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +40,9 @@ TRACKS = ("logprob", "masked")
 # chunk cache holds 1 MiB, so larger chunks would be written piecemeal and re-read).
 _BLOCK_BYTES = 8 << 20
 _CHUNK_BYTES = 1 << 20
+# Bytes per track row at most: a bigWig item is 12 bytes before compression, and its
+# zoom levels and index add less than as much again (measured: 7.5 bytes a row).
+_BIGWIG_ROW_BYTES = 24
 
 
 def token_dtype(d_model: int, store_dtype: str, embeddings: bool) -> np.dtype:
@@ -115,6 +124,28 @@ class Piece:
         return read_blocks(path, dtype, reverse=self.strand == "-")
 
 
+def _require_space(
+    out: Path,
+    pieces: Sequence[Piece],
+    dtype: np.dtype,
+    chroms: Sequence[tuple[str, int]],
+    bigwig: Path,
+) -> None:
+    """Refuse (ENOSPC) to start a strand's track files that might not fit on the disk."""
+    digits = {name: len(str(length)) for name, length in chroms}
+    need = 0
+    for piece in pieces:  # a bedGraph line: name, start, end, a %.6g value, 3 tabs, newline
+        line = len(piece.chrom) + 2 * digits[piece.chrom] + 12 + 4
+        need += (line + _BIGWIG_ROW_BYTES) * (piece.tokens.stat().st_size // dtype.itemsize)
+    free = shutil.disk_usage(out).free
+    if free < need:
+        raise OSError(
+            errno.ENOSPC,
+            f"No space left on device ({free:,} bytes free, the tracks may need {need:,})",
+            str(bigwig),
+        )
+
+
 def write_tracks(
     out: Path,
     track: str,
@@ -126,6 +157,7 @@ def write_tracks(
     """``{track}.{plus|minus}.bedGraph`` and ``.bw`` of one strand; ``pieces`` in genome order."""
     stem = f"{track}.{STRAND_NAMES[strand]}"
     bedgraph, bigwig = out / f"{stem}.bedGraph", out / f"{stem}.bw"
+    _require_space(out, pieces, dtype, chroms, bigwig)
     with atomic_path(bedgraph) as tmp_bg, atomic_path(bigwig) as tmp_bw:
         bw = pyBigWig.open(str(tmp_bw), "w")
         try:

@@ -105,6 +105,7 @@ def test_replay_ratio_is_largest_over_smallest_peak_against_the_limit():
     assert replay_ratio([record(2, 0.0), record(8, 1.0)]) is None
 
 
+@pytest.mark.slow
 def test_toy_preset_run_writes_every_reported_quantity(tmp_path):
     methods = "methods=[rmt_full,rmt_truncated,rmt_replay]"
     command = [sys.executable, "-m", "benchmarks.segments", PRESET, *TOY, methods]

@@ -95,6 +95,7 @@ def test_sweeping_modes_count_the_model_flops_of_full_bptt(method):
     assert build(toy_point(method)).model_flops == build(toy_point("rmt_full")).model_flops
 
 
+@pytest.mark.slow
 def test_toy_run_writes_a_record_per_point_and_reports(tmp_path):
     options = bench_config(["segments.infer=[1,2]", "segments.train=[1,2]"])
     records = run_bench(options, tmp_path)
@@ -125,6 +126,7 @@ def test_toy_run_writes_a_record_per_point_and_reports(tmp_path):
     assert (tmp_path / "infer.png").stat().st_size > 0 and (tmp_path / "train.png").exists()
 
 
+@pytest.mark.slow
 def test_multirun_merges_its_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     command = [
@@ -144,9 +146,10 @@ def test_multirun_merges_its_jobs(tmp_path):
     assert "| rmt_infer |" in (sweep / "0" / "fits.md").read_text()
 
 
-def test_unknown_method_is_a_clear_error():
+@pytest.mark.slow
+def test_unknown_method_is_a_clear_error(tmp_path):
     command = [sys.executable, "-m", "benchmarks.segments", *TOY, "methods=[rmt_fast]"]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert run.returncode == 2
     assert "methods: ['rmt_fast'] unknown" in run.stderr and "rmt_infer" in run.stderr
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from fast_config import FAST_TRAIN
 
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -87,4 +89,5 @@ def test_deepspeed_resume_continues_the_same_trajectory(single, tmp_path):
     (killed / "checkpoints" / "latest").write_text("step-00000003\n")
     train_run(killed, "trainer=deepspeed_zero2", nproc=2)
     want, got = losses(straight), losses(killed)
-    assert got[len(want) :] == pytest.approx(want[-3:], rel=1e-5)  # steps 4, 5, 6
+    # Steps 4-6 trained again; the first run's records of them were dropped at resume.
+    assert len(got) == len(want) and got == pytest.approx(want, rel=1e-5)

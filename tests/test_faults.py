@@ -251,6 +251,7 @@ def kill_during_a_save(checkpoints: Path) -> list[Path]:
     return [p for p in checkpoints.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_save_leaves_a_temp_dir_that_cleanup_removes(tmp_path):
     checkpoints = tmp_path / "run" / "checkpoints"
     for _ in range(5):  # the kill can land just after a save completes; then try again
@@ -527,6 +528,7 @@ def hydra_app(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
 
 
+@pytest.mark.slow
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     proc = hydra_app(tmp_path, "-m", "fail=none,user,bug,none")
     assert proc.returncode == 1, proc.stderr
@@ -542,6 +544,7 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert "2 job(s) did not finish (1, 2)" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_single_run_user_error_is_one_line_exit_2(tmp_path):
     proc = hydra_app(tmp_path, "fail=user")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

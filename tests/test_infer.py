@@ -35,15 +35,17 @@ FINAL = [
 ]
 
 
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory, lambda_bpe: BPETokenizer) -> Path:
+def tiny_checkpoint(folder: Path, tokenizer: BPETokenizer) -> Path:
     """A randomly initialised tiny RMT (4 memory tokens, 32-token segments) and its BPE."""
     torch.manual_seed(0)
-    config = EncoderConfig(
-        vocab_size=lambda_bpe.vocab_size, d_model=32, n_layers=2, n_heads=2
-    )
+    config = EncoderConfig(vocab_size=tokenizer.vocab_size, d_model=32, n_layers=2, n_heads=2)
     runner = build_runner(config, {"memory_tokens": 4, "segment_tokens": 32})
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model", runner, lambda_bpe)
+    return save_checkpoint(folder / "model", runner, tokenizer)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory, lambda_bpe: BPETokenizer) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), lambda_bpe)
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +118,9 @@ def test_tracks_are_the_models_streamed_log_probabilities_on_both_strands(
         per_token = np.array([v * (e - s) for _, s, e, v in rows])
         np.testing.assert_allclose(per_token, want, rtol=1e-4, atol=1e-4)
         tokens += len(want)
-    assert summary["bp"] == 2 * 3000 and summary["tokens"] == tokens
+    assert summary["strand_bp"] == 2 * 3000 and summary["tokens"] == tokens
+    assert summary["region_bp"] == summary["bp_per_strand"] == 3000
+    assert summary["n_bp_skipped"] == 0
     assert summary["bp_per_s"] > 0 and summary["peak_rss_mb"] > 0
     assert not (tmp_path / "spool").exists()
 
@@ -127,17 +131,20 @@ def test_multi_record_fasta_gives_per_record_tracks_bigwig_and_store(
     args = overrides(checkpoint, tmp_path, fasta_cache_dir, f"data.fasta=[{three_records}]")
     summary = infer(*args, "embeddings.dtype=float32")
     sizes = {"chrA": 3000, "chrB": 150, "chrC": 2000}
+    scored = {"chrA": 3000, "chrB": 100, "chrC": 2000}  # chrB ends in 50 N: not scored
     assert summary["regions"] == [f"{name}:1-{n}" for name, n in sizes.items()]
+    assert summary["n_bp_skipped"] == 50 and summary["bp_per_strand"] == 5100
     rows = bedgraph(tmp_path / "logprob.plus.bedGraph")
     bw = pyBigWig.open(str(tmp_path / "logprob.plus.bw"))
     assert bw.chroms() == sizes
-    for name, length in sizes.items():
+    for name, length in scored.items():
         mine = [r for r in rows if r[0] == name]
         assert mine[0][1] == 0 and mine[-1][2] == length  # every base, once
         assert all(a[2] == b[1] for a, b in itertools.pairwise(mine))
         values = np.array(bw.values(name, 0, length))
         per_base = np.repeat([v for *_, v in mine], [e - s for _, s, e, _ in mine])
         np.testing.assert_allclose(values, per_base, rtol=1e-5)
+    assert np.isnan(bw.values("chrB", 100, 150)).all()
     bw.close()
     with h5py.File(tmp_path / "embeddings.h5") as store:
         names = [c.decode() for c in store["chroms"][:]]
@@ -214,6 +221,17 @@ def test_parallel_parts_keep_the_tokens_and_warm_up_the_memory(
             assert difference.max() < 1e-4
 
 
+def test_steps_that_only_warm_up_do_not_end_the_run(checkpoint, tmp_path, fasta_cache_dir):
+    """One slot and parts with burn-in: the first steps of every later part emit nothing."""
+    split = ["parallel.streams=3", "parallel.min_bp=1000", "parallel.burn_in=2", "batch_size=1"]
+    summary = infer(*overrides(checkpoint, tmp_path, fasta_cache_dir, *split))
+    assert summary["streams"] == 3 and summary["burn_in_segments"] == 2 * 2
+    rows = bedgraph(tmp_path / "logprob.plus.bedGraph")
+    assert summary["strand_bp"] == 48_502 and (rows[0][1], rows[-1][2]) == (0, 48_502)
+    assert all(a[2] == b[1] for a, b in itertools.pairwise(rows))
+
+
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_byte_identical_outputs(checkpoint, tmp_path, fasta_cache_dir):
     args = ["strand=both", "batch_size=2", "save_every=3", "parallel.min_bp=20000"]
     args += ["parallel.streams=2", "parallel.burn_in=2", "embeddings.dtype=float32"]
@@ -231,7 +249,10 @@ def test_a_killed_run_resumes_to_byte_identical_outputs(checkpoint, tmp_path, fa
     assert proc.wait() == -signal.SIGKILL, proc.stderr.read()
     assert not (killed / "summary.json").exists() and (killed / "spool").is_dir()
     summary = infer(*overrides(checkpoint, killed, fasta_cache_dir, *args))
-    assert summary["runs"] == 2
+    attempts = summary["attempts"]
+    assert summary["runs"] == len(attempts) == 2 and attempts[0]["wall_s"] > 0
+    assert sum(a["strand_bp"] for a in attempts) == summary["strand_bp"] == 2 * 48_502
+    assert summary["wall_s"] == pytest.approx(sum(a["wall_s"] for a in attempts), abs=2e-3)
     for name in FINAL:
         assert filecmp.cmp(tmp_path / "straight" / name, killed / name, shallow=False), name
     # Rerunning a finished run changes nothing.
@@ -266,6 +287,7 @@ def test_bad_inputs_name_the_culprit(checkpoint, tmp_path, fasta_cache_dir, over
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_cli_reports_a_missing_checkpoint_in_one_line(tmp_path, fasta_cache_dir):
     command = [sys.executable, "-m", "rmt.infer"]
     command += overrides(tmp_path / "nowhere", tmp_path / "out", fasta_cache_dir)
@@ -300,12 +322,12 @@ def test_the_slots_memory_is_preallocated_and_empty_slots_are_skipped(
     )
     runner, tokenizer = load_model(checkpoint)
     genome = Genome([str(three_records)], cache_dir=fasta_cache_dir)
-    jobs = plan_jobs(options, genome, tokenizer, runner.segment_tokens)
+    jobs = plan_jobs(options, genome, tokenizer, runner.segment_tokens).jobs
     cpu = torch.device("cpu")
     streamer = Streamer(options, runner, tokenizer, genome, jobs, tmp_path, cpu, None)
     storage, shape = streamer.memory.data_ptr(), streamer.memory.shape
     occupied = []
-    while streamer.step():
+    while streamer.step() is not None:
         occupied.append(sum(lane is not None for lane in streamer.slots))
         assert streamer.memory.data_ptr() == storage and streamer.memory.shape == shape
     assert shape == (4, runner.memory_tokens, runner.encoder.config.d_model)

@@ -19,6 +19,8 @@ import pytest
 import conf
 from rmt.install import CONFIG_DIR, CONFIG_PATH, ROOT
 
+pytestmark = pytest.mark.slow  # each test starts an app in a subprocess
+
 BIN = Path(sys.executable).parent
 
 

@@ -13,6 +13,8 @@ import pytest
 from rmt.sweep_summary import main as summary_main
 from rmt.sweep_summary import summarize
 
+pytestmark = pytest.mark.slow  # multiruns in subprocesses
+
 TINY = [
     "data=lambda",
     "tokenizer.vocab_size=256",

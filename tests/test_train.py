@@ -133,13 +133,13 @@ def test_resume_continues_the_same_loss_trajectory(tmp_path):
     (killed / "eval.json").unlink()
     train(options(FAST_TRAIN), killed)
     want = [r for r in read_metrics(straight) if r["split"] == "train"]
-    got = [r for r in read_metrics(killed) if r["split"] == "train"][len(want) :]
+    # The records the first run wrote past step 3 were dropped at resume: one trajectory.
+    got = [r for r in read_metrics(killed) if r["split"] == "train"]
     assert [(r["step"], r["stage"], r["segments"]) for r in got] == [
-        (4, 1, 2),
-        (5, 1, 2),
-        (6, 1, 2),
-    ]
-    assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want[3:]], rel=1e-6)
+        (1, 0, 1), (2, 0, 1), (3, 0, 1), (4, 1, 2), (5, 1, 2), (6, 1, 2),
+    ]  # fmt: skip
+    assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], rel=1e-6)
+    assert [r["split"] for r in read_metrics(killed)].count("final") == 1
     resumed_eval = json.loads((killed / "eval.json").read_text())
     assert resumed_eval == json.loads((straight / "eval.json").read_text())
 
@@ -172,6 +172,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_reports_a_missing_fasta_without_a_traceback(tmp_path):
     proc = run_cli(
         "rmt.train", "data.fasta=[nowhere.fa]", f"hydra.run.dir={tmp_path}", cwd=tmp_path
@@ -180,18 +181,21 @@ def test_cli_reports_a_missing_fasta_without_a_traceback(tmp_path):
     assert "nowhere.fa" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_reports_a_bad_config_value_by_key(tmp_path):
     proc = run_cli("rmt.train", "model.activation=relu", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode == 2
     assert "model.activation" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_rejects_an_unknown_key(tmp_path):
     proc = run_cli("rmt.train", "model.widht=3", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode != 0
     assert "widht" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_tokenizer_cli_trains_a_loadable_bpe(tmp_path):
     out = tmp_path / "tok.json"
     proc = run_cli(

@@ -21,11 +21,16 @@ Outputs are spooled to ``OUT/spool/`` as they are produced and assembled at the 
 (``rmt.writers``). Every ``save_every`` steps a resume state is written atomically; a
 killed run rerun with the same command continues from it and ends with byte-identical
 outputs. A rerun with a different configuration refuses unless ``overwrite=true``.
+N runs are not scored (``gaps``). ``data.fasta`` defaults to the FASTA the model was
+trained on. One process at a time writes into OUT (``rmt.lock``); the checkpoint, FASTA,
+regions and model are all loaded before OUT is touched, so a run that cannot start
+claims nothing.
 
 The package, in the order a run goes through it:
 
 - ``options``: ``InferOptions``, the typed and validated conf/infer.yaml;
-- ``plan``: regions -> jobs (a region on one strand, or a part of it), saved once;
+- ``plan``: the FASTA, and regions -> jobs (a stretch on one strand, or a part), saved once;
+- ``gaps``: the regions' N runs, left out of the jobs;
 - ``stream``: jobs through the model in fixed batch slots, spooled, resumable;
 - ``score``: one batched step: log-probabilities (plain and masked), pooled states;
 - ``outputs``: the output directory's identity, spool rows, the final assembly;

@@ -36,9 +36,9 @@ def _as_list(value: Any) -> list[str] | None:
 
 @dataclass
 class InferDataOptions:
-    """``data.*``: the FASTA files, and where plain .gz is decompressed."""
+    """``data.*``: the FASTA files (None: the training run's), where .gz is decompressed."""
 
-    fasta: Any = field(default_factory=lambda: ["bundled:ecoli"])  # a list, or one string
+    fasta: Any = None  # a list, one string, or None for the FASTA the model was trained on
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:

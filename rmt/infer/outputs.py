@@ -5,14 +5,22 @@ and the checkpoint's and FASTA files' identities): a rerun with the same identit
 resumes, a different one is refused unless ``overwrite=true``. Each job spools to two
 files named by its index in the plan; ``assemble`` turns the spools into the tracks and
 the embeddings store (``rmt.writers``), each file written atomically.
+
+A claim counts once the run has a resume point (``state.pt``): a run that died before
+its first one (a bad value found late, a kill at start) produced nothing to keep, so the
+next run into the directory starts over whatever its configuration. Every file is
+written through ``atomic_path`` (``.NAME.PID.HEX.tmp`` beside NAME); the temp files a
+kill leaves are removed at start (``remove_stale_temps``), under the directory's lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +37,10 @@ CONFIG, PLAN, STATE, SUMMARY, STORE = (
     "config.json", "plan.json", "state.pt", "summary.json", "embeddings.h5"
 )  # fmt: skip
 SPOOL = "spool"
+# What a run writes, as glob patterns: what ``overwrite`` clears, and whose temp files
+# (``.NAME.*.tmp``) a kill may leave behind.
+OUTPUT_FILES = (CONFIG, PLAN, STATE, SUMMARY, STORE, "*.*.bedGraph", "*.*.bw")
+log = logging.getLogger(__name__)
 # Keys that change nothing in the outputs, so a rerun may change them and still resume.
 NEUTRAL_KEYS = ("output", "overwrite", "progress", "save_every")
 
@@ -59,22 +71,40 @@ def _differences(old, new, prefix: str = "") -> list[str]:
 
 def _clear(out: Path) -> None:
     """Remove every file an earlier run wrote into ``out``."""
-    for name in (CONFIG, PLAN, STATE, SUMMARY, STORE):
-        (out / name).unlink(missing_ok=True)
-    for track in [*out.glob("*.*.bedGraph"), *out.glob("*.*.bw")]:
-        track.unlink()
+    for pattern in OUTPUT_FILES:
+        for path in out.glob(pattern):
+            path.unlink()
     shutil.rmtree(out / SPOOL, ignore_errors=True)
 
 
+def remove_stale_temps(out: Path) -> list[Path]:
+    """Delete the temp files of writes a kill interrupted; what was removed.
+
+    Only while holding ``out``'s lock: another writer's temp file looks like a dead one.
+    """
+    stale = [path for pattern in OUTPUT_FILES for path in out.glob(f".{pattern}.*.tmp")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.warning("removed %d temp file(s) of interrupted writes in %s", len(stale), out)
+    return stale
+
+
 def prepare_output(out: Path, identity: dict, overwrite: bool) -> None:
-    """Claim ``out`` for this configuration: resume the same one, refuse another."""
+    """Claim ``out`` for this configuration: resume the same one, refuse another.
+
+    A claim without a resume point does not count (see the module): it is replaced.
+    """
     out.mkdir(parents=True, exist_ok=True)
     config = out / CONFIG
     if config.exists():
         old = json.loads(config.read_text())
         if old == identity and not overwrite:
             return
-        if not overwrite:
+        if not (out / STATE).exists():
+            log.warning("%s: the run that claimed it never reached a resume point; "
+                        "starting over", out)  # fmt: skip
+        elif not overwrite:
             raise ValueError(
                 f"{out} holds outputs of a different configuration (differs in: "
                 f"{', '.join(_differences(old, identity))}); rerun the same command to resume "
@@ -82,6 +112,18 @@ def prepare_output(out: Path, identity: dict, overwrite: bool) -> None:
             )
         _clear(out)
     write_json(config, identity)
+
+
+@contextlib.contextmanager
+def errors_name(out: Path) -> Iterator[None]:
+    """An OS error that names no file (a full disk mid-``write``) names ``out`` instead, so
+    that its one-line message (``rmt.cli.user_errors``) says where it happened."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None or err.errno is None:
+            raise
+        raise OSError(err.errno, err.strerror, str(out)) from err
 
 
 def spool_piece(job: Job, index: int, spool: Path) -> Piece:

@@ -10,6 +10,7 @@ spool rows, and the memory tensor, so that ``restore`` continues exactly.
 
 from __future__ import annotations
 
+import io
 import resource
 import time
 from dataclasses import dataclass
@@ -103,7 +104,8 @@ class Streamer:
         self.next_job = 0
         self.rows: dict[int, list[int]] = {}  # job index -> spool rows (tokens, segments)
         self.stats = dict.fromkeys(COUNTERS, 0)
-        self.stats |= {"runs": 0, "wall_s": 0.0, "model_s": 0.0, "peak_rss_mb": 0.0}
+        self.stats |= {"attempts": [], "wall_s": 0.0, "model_s": 0.0, "peak_rss_mb": 0.0}
+        self._attempt = (time.perf_counter(), 0)  # this attempt's start: clock, bp
 
     # -- slots -----------------------------------------------------------------------
     def _open_lane(self, index: int, taken: int = 0, stream_state: dict | None = None) -> Lane:
@@ -141,11 +143,14 @@ class Streamer:
         return active, segments
 
     # -- one step --------------------------------------------------------------------
-    def step(self) -> int:
-        """Run one segment of every occupied slot; the bp emitted (0: everything is done)."""
+    def step(self) -> int | None:
+        """Run one segment of every occupied slot; the bp emitted, None once all is done.
+
+        0 is a step that emitted nothing: every occupied slot was warming up (burn-in).
+        """
         active, segments = self._gather()
         if not segments:
-            return 0
+            return None
         batch = pad_segments(segments, self.tokenizer.pad_id, self.device)
         rows = torch.tensor(active, device=self.device)
         every = len(active) == len(self.slots)
@@ -186,27 +191,45 @@ class Streamer:
         return emitted
 
     # -- resume state ----------------------------------------------------------------
-    def save(self, elapsed: float) -> None:
+    def begin_attempt(self, started: float) -> None:
+        """Count this process as one more attempt, begun at ``started`` (perf_counter)."""
+        self._attempt = (started, self.stats["bp"])
+        self.stats["attempts"].append({"wall_s": 0.0, "strand_bp": 0})
+        self.clock()
+
+    def clock(self) -> None:
+        """Bring this attempt's time and bp, and the total time, up to now.
+
+        An attempt that is killed keeps what its last resume point recorded: its work after
+        that point is lost, and redone (and timed) by the next attempt.
+        """
+        started, bp = self._attempt
+        attempts = self.stats["attempts"]
+        attempts[-1] = {"wall_s": time.perf_counter() - started, "strand_bp": self.stats["bp"] - bp}
+        self.stats["wall_s"] = sum(a["wall_s"] for a in attempts)
+        self.stats["peak_rss_mb"] = self.peak_rss_mb()
+
+    def save(self) -> None:
         """Flush every spool, then atomically write what resuming needs."""
         lanes = [(slot, lane) for slot, lane in enumerate(self.slots) if lane is not None]
         for _, lane in lanes:
             lane.tokens.flush()
             lane.segments.flush()
+        self.clock()
         state = {
             "next_job": self.next_job,
             "lanes": [lane.state() | {"slot": slot} for slot, lane in lanes],
             "memory": self.memory.cpu().clone(),
             "rows": {str(k): v for k, v in self.rows.items()},
-            "stats": self.stats | {"wall_s": elapsed, "peak_rss_mb": self.peak_rss_mb()},
+            "stats": self.stats,
         }
-        with atomic_path(self.state_path) as tmp:
-            torch.save(state, tmp)
+        self._write_state(state)
 
     def restore(self, state: dict) -> None:
         """Continue from a state ``save`` wrote: lanes in their slots, memory, counters."""
         self.next_job = state["next_job"]
         self.rows = {int(k): list(v) for k, v in state["rows"].items()}
-        self.stats = dict(state["stats"])
+        self.stats = dict(state["stats"], attempts=list(state["stats"]["attempts"]))
         for lane in state["lanes"]:
             stream = {k: v.numpy() for k, v in lane["stream"].items()}
             self.slots[lane["slot"]] = self._open_lane(lane["job"], lane["taken"], stream)
@@ -214,8 +237,16 @@ class Streamer:
 
     def mark_done(self) -> None:
         """Replace the resume state by a marker: a rerun finds the outputs complete."""
+        self._write_state({"done": True, "stats": self.stats})
+
+    def _write_state(self, state: dict) -> None:
+        """Serialised in memory, then written atomically: a full disk is an OSError naming
+        no file (which the app reports), where ``torch.save`` to a file would raise a
+        RuntimeError."""
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
         with atomic_path(self.state_path) as tmp:
-            torch.save({"done": True, "stats": self.stats}, tmp)
+            tmp.write_bytes(buffer.getbuffer())
 
     def peak_rss_mb(self) -> float:
         """The peak resident set over every run on this output directory."""

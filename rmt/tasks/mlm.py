@@ -16,7 +16,13 @@ from rmt.tasks import StepLoss, Task, TaskBatch
 
 
 class MLMTask(Task):
-    metrics = ("loss", "accuracy")
+    """MLM on genome windows; every evaluation also scores the memory-reset ablation
+    (`memory_gain`, see rmt.evaluate) unless `memory_gain=False`."""
+
+    metrics = ("loss", "accuracy", "unigram_loss", "loss_memory_reset", "memory_gain")
+    #: final metrics (eval.json's `final`) that rmt-train returns, as `eval_<name>`
+    headline = ("loss", "accuracy", "unigram_loss", "loss_memory_reset", "memory_gain",
+                "memory_gain_se")  # fmt: skip
 
     def __init__(
         self,
@@ -33,11 +39,13 @@ class MLMTask(Task):
         eval_max_tokens: int | None,
         device: torch.device,
         amp: torch.dtype | None,
+        memory_gain: bool = True,
     ) -> None:
         super().__init__()
         self.heldout, self.device, self.amp = heldout, device, amp
         self.segment_tokens, self.loss_on = segment_tokens, loss_on
         self.eval_batch_size, self.eval_max_tokens = eval_batch_size, eval_max_tokens
+        self.memory_gain = memory_gain
         self.batches = MLMBatches(
             genome, tokenizer, mask_prob=mask_prob, rc_prob=rc_prob, seed=seed
         )
@@ -63,7 +71,7 @@ class MLMTask(Task):
             return {}
         return evaluate(
             runner, self.eval_batches, self.heldout, segments, self.eval_batch_size,
-            self.eval_max_tokens, self.device, self.amp, self.unigram,
+            self.eval_max_tokens, self.device, self.amp, self.unigram, self.memory_gain,
         )  # fmt: skip
 
     def report(
@@ -77,4 +85,4 @@ class MLMTask(Task):
                 run_dir / "eval.json",
                 {"regions": [str(r) for r in self.heldout], "initial": initial, "final": final},
             )
-        return {"eval_loss": final["loss"], "eval_accuracy": final["accuracy"]}
+        return {f"eval_{key}": final[key] for key in self.headline}

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from data import IGNORE_INDEX, Batch, DNATokenizer, Genome, MLMBatches, Region
+from rmt.heads import target_log_probs
 from rmt.loss import reduce_loss, scored_tokens
 from rmt.runner import MemoryRunner
 
@@ -124,12 +125,13 @@ def window_scores(
 def _scores(runner: MemoryRunner, hidden: torch.Tensor, labels: torch.Tensor):
     """Summed loss, correct top-1 predictions and labelled tokens per (window, segment).
 
-    The head runs once, on labelled positions only; the loss in fp32 (log-sum-exp).
+    The head runs once, on labelled positions only; the loss in fp32 (`target_log_probs`,
+    what inference scores with too).
     """
     selected = labels != IGNORE_INDEX
-    logits = runner.head(hidden[selected]).float()
+    logits = runner.head(hidden[selected])
     target = labels[selected]
-    token_loss = logits.logsumexp(-1) - logits.gather(-1, target[:, None])[:, 0]
+    token_loss = -target_log_probs(logits, target)
     token_correct = (logits.argmax(-1) == target).double()
     per_token = torch.zeros(labels.shape, dtype=torch.float64, device=labels.device)
     rows = []

@@ -10,6 +10,12 @@ from kernels import get_ops
 from kernels.reference import IGNORE_INDEX
 
 
+def target_log_probs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[ids] in fp32, without a second (..., vocab_size) tensor."""
+    logits = logits.float()
+    return logits.gather(-1, ids[..., None])[..., 0] - logits.logsumexp(-1)
+
+
 class VocabProjection(nn.Linear):
     """The d_model -> vocab projection; given labels, the fused linear + cross-entropy.
 
@@ -69,8 +75,7 @@ class MLMHead(nn.Module):
 
         logsumexp rather than a log_softmax, so no second (..., vocab_size) tensor is made.
         """
-        logits = self(hidden).float()
-        return logits.gather(-1, ids[..., None])[..., 0] - logits.logsumexp(-1)
+        return target_log_probs(self(hidden), ids)
 
     def loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed cross-entropy over labelled positions and their count (both 0-dim)."""

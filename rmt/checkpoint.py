@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from data import DNATokenizer, load_tokenizer
 from rmt.encoder import Encoder, EncoderConfig
-from rmt.heads import MLMHead
+from rmt.heads import MLMHead, build_task_head
 from rmt.integrity import FORMAT, CheckpointError, verify_checkpoint, write_manifest
 from rmt.run_checkpoints import remove_stale_temps, resolve_checkpoint, write_latest
 from rmt.runner import MemoryRunner
@@ -130,11 +130,14 @@ def save_checkpoint(
             "format": FORMAT,
             "encoder": runner.encoder.config.to_dict(),
             "runner": runner_config(runner),
-            "head": "mlm",
+            "head": None if runner.head is None else "mlm",  # None: fine-tuned without it
             "tokenizer": "tokenizer.json",
             "tokenizer_fingerprint": tokenizer.fingerprint(),
             **(metadata or {}),
         }
+        task_head = getattr(runner, "task_head", None)
+        if task_head is not None:  # a fine-tuned model; its weights are under task_head.
+            config["task_head"] = task_head.config()
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer_state.pt")
@@ -185,6 +188,9 @@ def load_model(
 ) -> tuple[MemoryRunner, DNATokenizer]:
     """Load (runner with its MLM head, tokenizer) from a checkpoint or run directory.
 
+    A fine-tuned checkpoint (config.json has "task_head") also gets its head back, as
+    `runner.task_head` with its weights; a pre-trained one has no `task_head` attribute.
+
     `kernels` replaces the backend the model was trained with: it is a property of the
     machine that runs the model, not of its weights (a model trained with
     `kernels=triton` on a GPU loads on a laptop).
@@ -201,9 +207,23 @@ def load_model(
     if "num_memory_tokens" in runner_options:  # the name before 0.2
         runner_options["memory_tokens"] = runner_options.pop("num_memory_tokens")
     runner = build_runner(EncoderConfig.from_dict(encoder), runner_options, kernels=kernels)
+    if config.get("head", "mlm") is None:  # saved without its MLM head (rmt-finetune)
+        runner.head = None
+    if config.get("task_head") is not None:
+        runner.task_head = _task_head(ckpt, config["task_head"])
     load_weights(runner, ckpt / "model.safetensors", device)
     runner.to(device).eval()
     return runner, tokenizer
+
+
+def _task_head(ckpt: Path, head_config: dict) -> torch.nn.Module:
+    """The fine-tuned head config.json describes, as a CheckpointError if it cannot be built."""
+    try:
+        return build_task_head(head_config)
+    except (TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(
+            f"{ckpt / 'config.json'} has an invalid task_head entry: {err}"
+        ) from err
 
 
 def verify_tokenizer(

@@ -90,6 +90,13 @@ def train() -> None:
     run_app(main, "rmt-train")
 
 
+def finetune() -> None:
+    """rmt-finetune"""
+    from rmt.finetune import main
+
+    run_app(main, "rmt-finetune")
+
+
 def infer() -> None:
     """rmt-infer"""
     from rmt.infer import main

@@ -1,4 +1,11 @@
-"""Output heads on top of the encoder's hidden states."""
+"""Output heads on top of the encoder's hidden states.
+
+MLMHead pre-trains. The task heads fine-tune, and are what the runner calls per call:
+TokenClassificationHead is a segment head (`loss(hidden, labels) -> (sum, count)`, per
+base within each BPE token), SequenceHead a final head (read at each sequence's last
+segment). A fine-tuned runner carries one as `runner.task_head`; `config()` and
+`build_task_head` let a checkpoint rebuild it.
+"""
 
 from __future__ import annotations
 
@@ -87,3 +94,179 @@ class MLMHead(nn.Module):
         """Number of labelled positions whose top-1 prediction is right."""
         selected = labels != IGNORE_INDEX
         return (self(hidden[selected]).argmax(-1) == labels[selected]).sum()
+
+
+SEQUENCE_KINDS = ("classification", "regression")
+POOLS = ("memory", "mean", "both")
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Losses in fp32 under half-precision autocast, and in fp64 for exactness tests."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _mlp(in_dim: int, d_model: int, out_dim: int) -> nn.Sequential:
+    """LayerNorm -> dense -> GELU -> projection, initialised small (std 0.02, zero biases)
+    so a fresh head starts near uniform probabilities or the (normalised) target mean."""
+    layers = nn.Sequential(
+        nn.LayerNorm(in_dim), nn.Linear(in_dim, d_model), nn.GELU(), nn.Linear(d_model, out_dim)
+    )
+    for layer in (layers[1], layers[3]):
+        nn.init.normal_(layer.weight, std=0.02)
+        nn.init.zeros_(layer.bias)
+    return layers
+
+
+class SequenceHead(nn.Module):
+    """One prediction per sequence, read at the sequence's last segment (the runner's
+    `final_head`): classification logits or regression values from the output memory,
+    the masked mean of the segment's content hidden states, or both concatenated.
+
+    Regression keeps per-target mean/std buffers (`set_normalization`, from the training
+    targets): the network predicts normalised values, `forward` returns them in the
+    original units and `loss` is the MSE in normalised units, so targets of any scale
+    train alike. `names` are the class names (classification) or target names.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_outputs: int,
+        kind: str = "classification",
+        pool: str = "memory",
+        names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if kind not in SEQUENCE_KINDS:
+            raise ValueError(f"head kind={kind!r}; choose one of {SEQUENCE_KINDS}")
+        if pool not in POOLS:
+            raise ValueError(f"head pool={pool!r}; choose one of {POOLS}")
+        least = 2 if kind == "classification" else 1
+        if num_outputs < least:
+            raise ValueError(f"a {kind} head needs num_outputs >= {least}, got {num_outputs}")
+        if names is not None and len(names) != num_outputs:
+            raise ValueError(f"{len(names)} names for a head with {num_outputs} outputs")
+        self.d_model, self.num_outputs, self.kind, self.pool = d_model, num_outputs, kind, pool
+        self.names = list(names) if names is not None else None
+        self.mlp = _mlp(d_model * (2 if pool == "both" else 1), d_model, num_outputs)
+        self.register_buffer("target_mean", torch.zeros(num_outputs))
+        self.register_buffer("target_std", torch.ones(num_outputs))
+
+    def config(self) -> dict:
+        """What `build_task_head` needs to rebuild this head (weights travel separately)."""
+        return {
+            "type": "sequence",
+            "d_model": self.d_model,
+            "num_outputs": self.num_outputs,
+            "kind": self.kind,
+            "pool": self.pool,
+            "names": self.names,
+        }
+
+    def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-target mean and std of the training targets (regression only)."""
+        if self.kind != "regression":
+            raise ValueError("set_normalization is for regression heads")
+        std = torch.as_tensor(std, dtype=self.target_std.dtype).reshape(self.num_outputs)
+        if not bool((std > 0).all()):
+            raise ValueError(f"target std must be > 0 (a constant target cannot train): {std}")
+        self.target_mean.copy_(torch.as_tensor(mean).reshape(self.num_outputs))
+        self.target_std.copy_(std)
+
+    def pooled(
+        self, memory: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The (b, d) or (b, 2d) vector the head reads, before its MLP."""
+        parts = []
+        if self.pool in ("memory", "both"):
+            if memory.shape[1] == 0:
+                raise ValueError("head pool=memory needs memory tokens; use pool=mean")
+            parts.append(memory.mean(1))
+        if self.pool in ("mean", "both"):
+            if mask is None:
+                parts.append(hidden.mean(1))
+            else:
+                weights = mask.to(hidden.dtype)[..., None]
+                parts.append((hidden * weights).sum(1) / weights.sum(1).clamp(min=1))
+        return torch.cat(parts, -1)
+
+    def forward(
+        self, memory: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(b, m, d) memory, (b, s, d) hidden, (b, s) mask -> (b, k) logits or values."""
+        out = self.mlp(self.pooled(memory, hidden, mask))
+        if self.kind == "regression":
+            out = out * self.target_std + self.target_mean
+        return out
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(b,) per-sample loss: cross-entropy (targets long (b,)) or MSE summed over the
+        outputs in normalised units (targets float (b, k), or (b,) for one output)."""
+        if self.kind == "classification":
+            return F.cross_entropy(_at_least_fp32(outputs), targets.long(), reduction="none")
+        outputs = _at_least_fp32(outputs)
+        targets = targets.to(outputs.dtype).reshape(outputs.shape)
+        return (((outputs - targets) / self.target_std) ** 2).sum(-1)
+
+
+class TokenClassificationHead(nn.Module):
+    """Per-base classes from BPE tokens: each token's hidden state gives logits for every
+    base it spans, up to `max_token_bases` (rmt.token_bases maps labels and predictions
+    between bases and tokens). A segment head: `loss(hidden, labels)` is (sum, count)."""
+
+    def __init__(
+        self, d_model: int, num_classes: int, max_token_bases: int, names: list[str] | None = None
+    ) -> None:
+        super().__init__()
+        if num_classes < 2 or max_token_bases < 1:
+            raise ValueError(
+                f"a token head needs num_classes >= 2 (got {num_classes}) and "
+                f"max_token_bases >= 1 (got {max_token_bases})"
+            )
+        if names is not None and len(names) != num_classes:
+            raise ValueError(f"{len(names)} names for a head with {num_classes} classes")
+        self.d_model, self.num_classes = d_model, num_classes
+        self.max_token_bases = max_token_bases
+        self.names = list(names) if names is not None else None
+        self.mlp = _mlp(d_model, d_model, max_token_bases * num_classes)
+
+    def config(self) -> dict:
+        """What `build_task_head` needs to rebuild this head (weights travel separately)."""
+        return {
+            "type": "token",
+            "d_model": self.d_model,
+            "num_classes": self.num_classes,
+            "max_token_bases": self.max_token_bases,
+            "names": self.names,
+        }
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(b, t, d) -> (b, t, max_token_bases, num_classes) logits."""
+        logits = self.mlp(hidden)
+        return logits.unflatten(-1, (self.max_token_bases, self.num_classes))
+
+    def loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed cross-entropy over labelled bases and their count (both 0-dim).
+
+        labels (b, t, max_token_bases), IGNORE_INDEX where a token has no such base or the
+        base is unlabelled; only tokens with a labelled base go through the MLP.
+        """
+        selected = (labels != IGNORE_INDEX).any(-1)
+        logits, chosen = _at_least_fp32(self(hidden[selected])), labels[selected]
+        total = F.cross_entropy(
+            logits.reshape(-1, self.num_classes),
+            chosen.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+        return total, (chosen != IGNORE_INDEX).sum()
+
+
+def build_task_head(config: dict) -> SequenceHead | TokenClassificationHead:
+    """Rebuild a task head from its `config()` (what a checkpoint's config.json keeps)."""
+    kinds = {"sequence": SequenceHead, "token": TokenClassificationHead}
+    options = dict(config)
+    kind = options.pop("type", None)
+    if kind not in kinds:
+        raise ValueError(f"task head type={kind!r}; choose one of {sorted(kinds)}")
+    return kinds[kind](**options)

@@ -4,7 +4,7 @@ A backward sweep allocates and frees each segment's activations and gradients; o
 CPU, glibc serves them from its heap, and the few long-lived tensors allocated between
 them keep the heap's freed pages resident. Peak memory then creeps up with the number
 of segments although the live tensors do not. Trimming every few segments
-(`rmt.runner.TRIM_EVERY`) returns those pages for a small share of step time; the
+(`rmt.runner_sweep.TRIM_EVERY`) returns those pages for a small share of step time; the
 effect is measured by `rmt-bench bench_experiment=backprop_memory` and `rmt-bench`
 (`rmt_replay`). A no-op off glibc.
 """

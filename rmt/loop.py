@@ -12,6 +12,9 @@ A step whose loss or gradient norm is not finite (training diverged) gets no upd
 `trainer.on_nonfinite` the run then stops with a one-line error (`TrainingDiverged`), or
 goes on without that step, up to `trainer.max_skipped_steps` such steps. Either way no
 checkpoint holds non-finite weights and the last good one is kept.
+
+After each evaluation the checkpointer may keep the model as `checkpoints/best`
+(`rmt.state.BestCheckpoint`, when the run names a validation metric).
 """
 
 from __future__ import annotations
@@ -156,15 +159,23 @@ class TrainLoop:
         last = self.finished(c)
         if c.step % t.log_every == 0 or last or skipped:
             self.run.sink.write(record)
-        if c.step % t.eval_every == 0 and not last:
+        if self.evaluates(c.step, last):
             result = self.task.evaluate(self.run.runner, c.segments)
             self.run.sink.write({"step": c.step, "split": "eval", **result})
-            transitions.append(None if c.done else c.observe(result))
+            self.run.checkpointer.observe(c.step, result)
+            transitions.append(None if c.done or last else c.observe(result))
         for transition in filter(None, transitions):
             self.run.sink.write({"split": "curriculum", **transition})
             log.info("curriculum: %s", transition)
         if c.step % t.save_every == 0 or last:
             self.run.checkpointer.save(c.step)
+
+    def evaluates(self, step: int, last: bool) -> bool:
+        """Every `trainer.eval_every` steps; the last step too when a best checkpoint is
+        kept, so the final model competes (otherwise the task's report evaluates it)."""
+        if last:
+            return self.run.checkpointer.best is not None
+        return step % self.t.eval_every == 0
 
     def nonfinite(self, step: int, loss: float, grad_norm: float | None) -> bool:
         """True when step `step` diverged and is skipped; raises when the run must stop.

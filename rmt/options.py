@@ -149,6 +149,12 @@ class TrainOptions:
         at_least("seed", self.seed, 0)
         check(self.kernels in BACKENDS, "kernels", self.kernels,
               f"is not a backend; choose one of {', '.join(BACKENDS)}")  # fmt: skip
+        kind = getattr(self.task, "kind", None)
+        if kind is not None:  # conf/task/ also holds rmt-finetune's tasks
+            raise ValueError(
+                f"task={kind} is a fine-tuning task: run it with rmt-finetune; rmt-train's "
+                f"tasks are {', '.join(TASKS)}"
+            )
         for section, schemas in (("task", TASKS), ("curriculum", CURRICULA)):
             if not isinstance(getattr(self, section), tuple(schemas.values())):
                 raise ValueError(

@@ -78,15 +78,16 @@ def newest_valid(checkpoints: Path, skip: Path | None = None) -> Path | None:
 def remove_stale_temps(checkpoints: str | Path) -> list[Path]:
     """Delete what killed checkpoint writes left in `checkpoints`; return what was removed.
 
-    That is `.step-*.<random>` temp directories (`save_checkpoint`) and `.latest.*.tmp`
-    files (`write_latest`). Call it at start, before this process writes checkpoints,
-    and only while no other process writes into the same directory (the run's lock):
-    another writer's temp directory is indistinguishable from a dead one.
+    That is `.step-*.<random>` and `.best.<random>` temp directories (`save_checkpoint`)
+    and `.latest.*.tmp` files (`write_latest`). Call it at start, before this process
+    writes checkpoints, and only while no other process writes into the same directory
+    (the run's lock): another writer's temp directory is indistinguishable from a dead one.
     """
     checkpoints = Path(checkpoints)
     if not checkpoints.is_dir():
         return []
-    stale = [*checkpoints.glob(".step-*.*"), *checkpoints.glob(".latest.*.tmp")]
+    stale = [*checkpoints.glob(".step-*.*"), *checkpoints.glob(".best.*"),
+             *checkpoints.glob(".latest.*.tmp")]  # fmt: skip
     for path in stale:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

@@ -5,12 +5,19 @@ is encoded together with `memory_tokens` memory vectors prepended to it; the
 encoder's outputs at those positions become the memory of the next segment. The
 first segment reads a learned memory.
 
+Two kinds of loss, alone or together: per-token losses scored segment by segment by a
+segment head (MLM, token classification), and a per-sequence loss scored by a final head
+on what each sample's own last segment returns (its memory and hidden states: sequence
+classification, regression). A final loss of a sample that ends at segment j is a loss
+at segment j, so both kinds decompose into per-segment terms.
+
 Gradients through memory are bounded by `bptt_depth` = k: the loss of segment t reaches
 the memory transitions t-1, ..., t-k and no further (k = -1: all of them, full BPTT).
-Most cases are plain autograd with one or more `detach()`s. Exact per-segment truncation
-with a loss on every segment (1 <= k < segments-1) and memory replay need a custom
-backward sweep (`_SegmentSweep`) that walks the segments in reverse and tracks, for each
-loss, how many transitions its gradient has crossed.
+Most cases are plain autograd with one or more `detach()`s (`graph_cuts`). Exact
+truncation where losses sit on neighbouring segments (a loss on every segment, or final
+losses ending at different segments, 1 <= k < segments-1) and memory replay need a
+custom backward sweep (`rmt.runner_sweep`) that walks the segments in reverse and tracks,
+for each loss, how many transitions its gradient has crossed.
 
 `backprop` picks what the forward keeps for the backward; `bptt_depth` composes with
 every mode:
@@ -24,8 +31,7 @@ every mode:
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -35,25 +41,27 @@ from torch.utils.checkpoint import checkpoint
 
 from rmt.encoder import Encoder
 from rmt.heads import IGNORE_INDEX, MLMHead
-from rmt.heap import release_free_heap
-from rmt.loss import LOSS_ON, reduce_loss, segment_weights
+from rmt.loss import LOSS_ON, reduce_loss
+from rmt.runner_sweep import SegmentResult, SegmentSweep, SweepPlan, SweepRecord
 
 BACKPROP_MODES = ("full", "truncated", "checkpoint", "replay")
 RECOMPUTING = ("checkpoint", "replay")  # modes whose backward sweep recomputes each segment
-# Replay on the CPU returns freed heap pages to the OS every this many segments (rmt.heap).
-TRIM_EVERY = 8
 
 
 @dataclass
 class RunnerOutput:
     """What one call of the runner returns.
 
-    loss: token-weighted mean MLM loss over all segments (or the last one's), or None;
-        `rmt.loss.reduce_loss(segment_sums, segment_counts, loss_on)` without the graph.
+    loss: the per-token part, a token-weighted mean over all segments (or the last
+        one's), `rmt.loss.reduce_loss(segment_sums, segment_counts, loss_on)`, plus the
+        final part, final_sum / final_count; each a mean; None without labels or targets.
     segment_sums: (segments,) summed token loss of each segment (detached).
     segment_counts: (segments,) labelled tokens per segment.
     memory: (batch, m, d) memory after the last segment.
     hidden: (batch, T, d) content-token hidden states, when asked for.
+    final_outputs: (batch, k) final-head outputs, each at its sample's last segment
+        (detached when the backward sweep ran).
+    final_sum, final_count: summed per-sample final loss and samples scored (detached).
     """
 
     loss: torch.Tensor | None
@@ -61,6 +69,9 @@ class RunnerOutput:
     segment_counts: torch.Tensor | None
     memory: torch.Tensor
     hidden: torch.Tensor | None = None
+    final_outputs: torch.Tensor | None = None
+    final_sum: torch.Tensor | None = None
+    final_count: torch.Tensor | None = None
 
     @property
     def segment_losses(self) -> torch.Tensor | None:
@@ -119,9 +130,7 @@ class MemoryRunner(nn.Module):
         self.bptt_depth = bptt_depth
         self.loss_on = loss_on
         self.backprop = backprop
-        self.memory = LearnedMemory(
-            memory_tokens, encoder.config.d_model, encoder.config.init_std
-        )
+        self.memory = LearnedMemory(memory_tokens, encoder.config.d_model, encoder.config.init_std)
 
     # -- settable knobs, validated on every assignment ------------------------------
     @property
@@ -180,25 +189,37 @@ class MemoryRunner(nn.Module):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_hidden: bool = False,
+        *,
+        head: nn.Module | None = None,
+        final_head: nn.Module | None = None,
+        targets: torch.Tensor | None = None,
     ) -> RunnerOutput:
-        """Run all segments of (batch, T) tokens, carrying memory; loss when labels given."""
-        if labels is not None and self.head is None:
+        """Run all segments of (batch, T) tokens, carrying memory; a loss given labels/targets.
+
+        labels (batch, T, ...): per-token targets, scored segment by segment by `head`
+        (default: the runner's MLM head), any module with `loss(hidden, labels) -> (sum,
+        count)`. targets (batch, ...): per-sequence targets, scored by `final_head`
+        (`forward(memory, hidden, mask) -> outputs`, `loss(outputs, targets) -> (b,)`) at
+        each sample's own last non-empty segment; without targets it still gives outputs.
+        """
+        head = self.head if head is None else head
+        if labels is not None and head is None:
             raise ValueError("labels were given but this runner has no head to score them")
-        segments = self._split(input_ids, attention_mask, labels)
-        depth = self.bptt_depth
-        if self.backprop == "truncated" and depth < 0:
-            raise ValueError("backprop=truncated needs a depth: set bptt_depth to k >= 0")
-        needs_sweep = (
-            labels is not None
-            and torch.is_grad_enabled()
-            and (
-                self.backprop == "replay"
-                or (self.loss_on == "all" and 0 < depth < len(segments) - 1)
+        if targets is not None and final_head is None:
+            raise ValueError("targets were given but no final_head to score them")
+        if targets is not None and targets.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"targets has {targets.shape[0]} rows for {input_ids.shape[0]} sequences"
             )
-        )
-        if needs_sweep:
-            return self._forward_sweep(segments, return_hidden)
-        return self._forward_autograd(segments, return_hidden)
+        if self.backprop == "truncated" and self.bptt_depth < 0:
+            raise ValueError("backprop=truncated needs a depth: set bptt_depth to k >= 0")
+        segments = self._split(input_ids, attention_mask, labels)
+        rows = self._final_rows(attention_mask, input_ids.shape[0], len(segments), final_head)
+        task = _Task(segments, head, final_head, targets, rows)
+        cuts = graph_cuts(self._loss_segments(task), self.bptt_depth, len(segments))
+        if task.scored and torch.is_grad_enabled() and (self.backprop == "replay" or cuts is None):
+            return self._forward_sweep(task, return_hidden)
+        return self._forward_autograd(task, cuts or set(), return_hidden)
 
     def _split(self, input_ids, attention_mask, labels):
         n = -(-input_ids.shape[1] // self.segment_tokens)
@@ -208,6 +229,32 @@ class MemoryRunner(nn.Module):
             return [None] * n if x is None else x.split(self.segment_tokens, dim=1)
 
         return list(zip(cut(input_ids), cut(mask), cut(labels), strict=True))
+
+    def _final_rows(self, attention_mask, batch: int, n: int, final_head):
+        """Per segment, the samples whose last content token lies in it (None: no sample).
+
+        Without a mask every sample ends at the last segment; a sample with no content
+        at all is scored at the first, with the memory it started from.
+        """
+        if final_head is None:
+            return [None] * n
+        if attention_mask is None:
+            return [None] * (n - 1) + [torch.arange(batch, device=self.memory.weight.device)]
+        mask = attention_mask.bool()
+        position = torch.arange(mask.shape[1], device=mask.device)
+        last = torch.where(mask, position, 0).amax(1) // self.segment_tokens
+        ends = set(last.tolist())
+        return [(last == j).nonzero()[:, 0] if j in ends else None for j in range(n)]
+
+    def _loss_segments(self, task: _Task) -> set[int]:
+        """The segments whose losses the backward starts from (what the graph cuts serve)."""
+        n = len(task.segments)
+        scored: set[int] = set()
+        if task.has_labels:
+            scored |= set(range(n)) if self.loss_on == "all" else {n - 1}
+        if task.targets is not None:
+            scored |= {j for j, rows in enumerate(task.rows) if rows is not None}
+        return scored
 
     def _encode_segment(self, memory, input_ids, mask):
         m = self.memory_tokens
@@ -223,183 +270,146 @@ class MemoryRunner(nn.Module):
             new_memory = torch.where(mask.any(1)[:, None, None], new_memory, memory)
         return new_memory, hidden
 
-    def _segment_loss(self, memory, input_ids, mask, labels):
-        new_memory, hidden = self._encode_segment(memory, input_ids, mask)
-        loss_sum, count = self.head.loss(hidden, labels)
-        return new_memory, hidden, loss_sum, count
+    def _step(self, task: _Task, j: int, memory: torch.Tensor) -> SegmentResult:
+        """Encode segment j from `memory` and score its losses: the one step every path runs."""
+        ids, mask, labels = task.segments[j]
+        new_memory, hidden = self._encode_segment(memory, ids, mask)
+        result = SegmentResult(new_memory, hidden)
+        if labels is not None:
+            result.token_sum, result.token_count = task.head.loss(hidden, labels)
+        rows = task.rows[j]
+        if rows is not None:
+            if mask is None:
+                mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+            outputs = task.final_head(new_memory[rows], hidden[rows], mask[rows])
+            if task.targets is not None:
+                result.final_sum = task.final_head.loss(outputs, task.targets[rows]).sum()
+            result.final_outputs = outputs
+        return result
 
-    def _forward_autograd(self, segments, return_hidden):
-        n, depth = len(segments), self.bptt_depth
-        # Where to cut the graph so that each loss crosses at most `depth` transitions.
-        if depth == 0:
-            cut_before = set(range(1, n))
-        elif self.loss_on == "last" and 0 < depth < n - 1:
-            cut_before = {n - 1 - depth}
-        else:
-            cut_before = set()
-        memory = self.init_memory(segments[0][0].shape[0])
-        hiddens, sums, counts = [], [], []
-        checkpointed = self.backprop == "checkpoint" and torch.is_grad_enabled()
-        for j, (ids, mask, labels) in enumerate(segments):
-            if j in cut_before:
+    def _forward_autograd(self, task: _Task, cuts: set[int], return_hidden: bool):
+        step = partial(self._step, task)
+        if self.backprop == "checkpoint" and task.scored and torch.is_grad_enabled():
+            step = partial(checkpoint, step, use_reentrant=False)  # recompute in backward
+        memory = self.init_memory(task.segments[0][0].shape[0])
+        kept = []  # each segment's result; its hidden states only when asked for
+        for j in range(len(task.segments)):
+            if j in cuts:
                 memory = memory.detach()
-            if labels is None:
-                memory, hidden = self._encode_segment(memory, ids, mask)
-            else:
-                step = self._segment_loss
-                if checkpointed:  # keep only the segment's inputs; recompute in backward
-                    step = partial(checkpoint, self._segment_loss, use_reentrant=False)
-                memory, hidden, loss_sum, count = step(memory, ids, mask, labels)
-                sums.append(loss_sum)
-                counts.append(count)
-            if return_hidden:
-                hiddens.append(hidden)
-        hidden = torch.cat(hiddens, 1) if return_hidden else None
-        if not sums:
-            return RunnerOutput(None, None, None, memory, hidden)
-        sums_t, counts_t = torch.stack(sums), torch.stack(counts)
-        loss = reduce_loss(sums_t, counts_t, self.loss_on)
-        return RunnerOutput(loss, sums_t.detach(), counts_t, memory, hidden)
+            result = step(j, memory)
+            memory = result.memory
+            kept.append(result if return_hidden else replace(result, hidden=None))
+        return self._gathered(task, kept, memory, return_hidden)
 
-    def _forward_sweep(self, segments, return_hidden):
-        hiddens: list[torch.Tensor] = []
-        initial = self.memory.weight
-        params = [p for p in self.parameters() if p.requires_grad and p is not initial]
-        loss, seg_sums, counts, memory = _SegmentSweep.apply(
-            self, segments, hiddens, return_hidden, initial, *params
+    def _gathered(self, task: _Task, kept: list[SegmentResult], memory, return_hidden: bool):
+        """The autograd path's output from every segment's result (losses with graph)."""
+
+        def present(name: str) -> list[torch.Tensor]:
+            return [getattr(r, name) for r in kept if getattr(r, name) is not None]
+
+        hidden = torch.cat(present("hidden"), 1) if return_hidden else None
+        out = RunnerOutput(None, None, None, memory, hidden)
+        if task.has_labels:
+            sums = torch.stack(present("token_sum"))
+            out.segment_counts = torch.stack(present("token_count"))
+            out.loss = reduce_loss(sums, out.segment_counts, self.loss_on)
+            out.segment_sums = sums.detach()
+        if task.final_head is not None:
+            order = torch.cat([rows for rows in task.rows if rows is not None]).argsort()
+            out.final_outputs = torch.cat(present("final_outputs"))[order]
+        if task.targets is not None:
+            final_sum = torch.stack(present("final_sum")).sum()
+            out.final_sum, out.final_count = final_sum.detach(), task.final_count(memory.device)
+            final_loss = final_sum / out.final_count
+            out.loss = final_loss if out.loss is None else out.loss + final_loss
+        return out
+
+    def _forward_sweep(self, task: _Task, return_hidden: bool) -> RunnerOutput:
+        memory = self.init_memory(task.segments[0][0].shape[0]).detach()
+        plan = SweepPlan(
+            step=partial(self._step, task),
+            rows=task.rows,
+            memory=memory,
+            depth=self.bptt_depth,
+            recompute=self.backprop in RECOMPUTING,
+            random=self.training and _has_dropout(self.encoder, task.head, task.final_head),
+            loss_on=self.loss_on,
+            token_loss=task.has_labels,
+            final_count=0 if task.targets is None else len(task.targets),
+            return_hidden=return_hidden,
         )
-        hidden = torch.cat(hiddens, 1) if return_hidden else None
-        return RunnerOutput(loss, seg_sums, counts, memory, hidden)
+        record = SweepRecord()
+        initial = self.memory.weight
+        params = _unique_params((self, task.head, task.final_head), skip=initial)
+        loss, memory = SegmentSweep.apply(plan, record, initial, *params)
+        out = RunnerOutput(loss, record.token_sums, record.token_counts, memory)
+        out.hidden = torch.cat(record.hiddens, 1) if return_hidden else None
+        out.final_outputs = record.final_outputs
+        if task.targets is not None:
+            out.final_sum = record.final_sums.sum()
+            out.final_count = task.final_count(memory.device)
+        return out
 
 
-class _SegmentSweep(torch.autograd.Function):
-    """Forward over all segments; backward as a reverse sweep with exact truncation.
+@dataclass
+class _Task:
+    """What one forward computes: the segments, the heads and who is scored where.
 
-    Backward, at segment j (last to first), the cotangent arriving at the segment's
-    output memory is kept as separate *streams*, one per loss t, because each must stop
-    after crossing `k` transitions: stream t may enter segment j only if t - j <= k.
-    Every stream that enters is pushed through the segment to its input memory on its
-    own (a vector-Jacobian product w.r.t. that memory only), and the parameters receive
-    the sum of all of them in one backward. For k = -1 all streams merge into one and a
-    segment costs a single backward, which is exactly memory-replay backprop.
+    rows: per segment, the samples whose final head runs there (None: none).
     """
 
-    @staticmethod
-    def forward(ctx, runner: MemoryRunner, segments, hiddens, return_hidden, memory_param, *params):
-        replay = runner.backprop in RECOMPUTING
-        n, batch = len(segments), segments[0][0].shape[0]
-        memory = runner.init_memory(batch).detach()
-        # Everything that lives until the backward is allocated here, once: small tensors
-        # allocated between each segment's large short-lived activations would pin heap
-        # pages and make the peak resident memory creep up with the number of segments.
-        inputs = memory.new_empty((n, *memory.shape)) if replay else None
-        sums_t = memory.new_empty(n, dtype=torch.promote_types(memory.dtype, torch.float32))
-        counts_t = torch.empty(n, dtype=torch.long, device=memory.device)
-        random = replay and runner.training and runner.encoder.config.dropout > 0
-        saved = []  # replay: RNG states (with dropout); otherwise each segment's graph
-        for j, (ids, mask, labels) in enumerate(segments):
-            if replay:
-                if random:  # only dropout draws random numbers
-                    saved.append(_rng_state(memory.device))
-                new_memory, hidden, loss_sum, count = runner._segment_loss(
-                    inputs[j].copy_(memory), ids, mask, labels
-                )
-            else:
-                mem_in = memory.detach().requires_grad_(True)
-                with torch.enable_grad():
-                    new_memory, hidden, loss_sum, count = runner._segment_loss(
-                        mem_in, ids, mask, labels
-                    )
-                saved.append((mem_in, new_memory, loss_sum))
-            if return_hidden:
-                hiddens.append(hidden.detach())
-            sums_t[j], counts_t[j] = loss_sum.detach(), count
-            memory = new_memory
-        weights = segment_weights(counts_t.to(sums_t.dtype), runner.loss_on)
-        ctx.runner, ctx.segments, ctx.saved, ctx.weights = runner, segments, saved, weights
-        ctx.inputs = inputs
-        ctx.params = params
-        ctx.mark_non_differentiable(sums_t, counts_t)
-        return (weights * sums_t).sum(), sums_t, counts_t, memory.detach()
+    segments: list
+    head: nn.Module | None
+    final_head: nn.Module | None
+    targets: torch.Tensor | None
+    rows: list[torch.Tensor | None]
 
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_sums, _grad_counts, _grad_memory):
-        depth, params = ctx.runner.bptt_depth, ctx.params
-        # Parameter gradients are summed here and returned once, as this Function's input
-        # gradients: every parameter then accumulates exactly once per backward, which is
-        # what DDP's and ZeRO's gradient hooks expect.
-        totals: list[torch.Tensor | None] = [None] * len(params)
-        streams: list[tuple[int, torch.Tensor]] = []  # (loss index t, cotangent on mem_out)
-        on_cpu = ctx.inputs is not None and ctx.inputs.device.type == "cpu"
-        for j in reversed(range(len(ctx.segments))):
-            if on_cpu and j % TRIM_EVERY == 0:
-                release_free_heap()
-            mem_in, new_memory, loss_sum = _segment_graph(ctx, j)
-            streams = [(t, c) for t, c in streams if depth < 0 or t - j <= depth]
-            w = ctx.weights[j] * grad_loss
-            mem_grad = sum(c for _, c in streams) if streams else torch.zeros_like(new_memory)
-            if depth < 0:  # one merged stream: a single backward gives params and memory
-                grads = torch.autograd.grad(
-                    [loss_sum, new_memory], [mem_in, *params], [w, mem_grad], allow_unused=True
-                )
-                streams = [(j, grads[0])]
-                _accumulate(totals, grads[1:])
-                del grads  # else one stale set of parameter gradients lives on per segment
-                continue
-            moved = [
-                (t, torch.autograd.grad(new_memory, mem_in, c, retain_graph=True)[0])
-                for t, c in streams
-            ]
-            own = torch.autograd.grad(loss_sum, mem_in, w, retain_graph=True, allow_unused=True)[0]
-            grads = torch.autograd.grad(
-                [loss_sum, new_memory], params, [w, mem_grad], allow_unused=True
-            )
-            _accumulate(totals, grads)
-            del grads
-            streams = [*moved, (j, own if own is not None else torch.zeros_like(mem_in))]
-        reaching = [c for t, c in streams if depth < 0 or t <= depth]
-        grad_memory = sum(c.sum(0) for c in reaching) if reaching else None
-        ctx.saved = ctx.segments = ctx.params = ctx.inputs = None
-        return None, None, None, None, grad_memory, *totals
+    @property
+    def has_labels(self) -> bool:
+        return self.segments[0][2] is not None
+
+    @property
+    def scored(self) -> bool:
+        """Whether the call has a loss at all."""
+        return self.has_labels or self.targets is not None
+
+    def final_count(self, device: torch.device) -> torch.Tensor:
+        return torch.tensor(len(self.targets), device=device)
 
 
-def _segment_graph(ctx, j: int):
-    """Segment j's (input memory, output memory, loss sum) with a graph, recomputing if replay."""
-    if ctx.runner.backprop not in RECOMPUTING:
-        return ctx.saved[j]
-    mem_in = ctx.inputs[j].detach().requires_grad_(True)
-    replayed_rng = _restored_rng(ctx.saved[j], mem_in.device) if ctx.saved else nullcontext()
-    with torch.enable_grad(), replayed_rng:
-        new_memory, _, loss_sum, _ = ctx.runner._segment_loss(mem_in, *ctx.segments[j])
-    return mem_in, new_memory, loss_sum
+def graph_cuts(losses: set[int], depth: int, segments: int) -> set[int] | None:
+    """Segments before which one autograd graph detaches memory so that the loss of every
+    segment in `losses` crosses exactly `depth` transitions; None where no single graph can.
+
+    Loss t needs a cut before segment t - depth and none in (t - depth, t]: a loss at
+    every segment (or final losses at neighbouring segments) with 0 < depth conflicts.
+    """
+    if depth == 0:
+        return set(range(1, segments))
+    if depth < 0:
+        return set()
+    needed = {t - depth for t in losses if t - depth > 0}
+    spanned = {j for t in losses for j in range(t - depth + 1, t + 1)}
+    return None if needed & spanned else needed
 
 
-def _accumulate(totals: list, grads) -> None:
-    for i, g in enumerate(grads):
-        if g is not None:
-            totals[i] = g if totals[i] is None else totals[i].add_(g)
+def _unique_params(modules, skip: torch.Tensor) -> list[nn.Parameter]:
+    """Trainable parameters of `modules` (None skipped), each once, in order, but `skip`."""
+    seen, params = {id(skip)}, []
+    for module in modules:
+        for p in module.parameters() if module is not None else ():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+    return params
 
 
-def _rng_state(device: torch.device):
-    """RNG state to replay a segment's dropout masks exactly."""
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda
+def _has_dropout(encoder: Encoder, *heads: nn.Module | None) -> bool:
+    """Whether a training step draws random numbers (replay must then replay them)."""
+    in_heads = any(
+        isinstance(m, nn.Dropout) and m.p > 0 for h in heads if h is not None for m in h.modules()
+    )
+    return encoder.config.dropout > 0 or in_heads
 
 
-class _restored_rng:
-    def __init__(self, state, device: torch.device) -> None:
-        self.state, self.device = state, device
-
-    def __enter__(self):
-        self.saved = _rng_state(self.device)
-        torch.set_rng_state(self.state[0])
-        if self.state[1] is not None:
-            torch.cuda.set_rng_state(self.state[1], self.device)
-
-    def __exit__(self, *exc):
-        torch.set_rng_state(self.saved[0])
-        if self.saved[1] is not None:
-            torch.cuda.set_rng_state(self.saved[1], self.device)
-
-
-__all__ = ["IGNORE_INDEX", "MemoryRunner", "RunnerOutput", "SegmentOutput"]
+__all__ = ["IGNORE_INDEX", "MemoryRunner", "RunnerOutput", "SegmentOutput", "graph_cuts"]

@@ -9,6 +9,9 @@ code), the registry beside them, and whatever the strategy keeps in its own file
 
 The training data needs no part: every sample is drawn from (seed, step, index), so a
 resumed run draws the same batches from the step count alone.
+
+A run that names a validation metric (`rmt.best.BestCheckpoint`) also keeps
+`checkpoints/best/`, the model of its best evaluation so far.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any, Protocol
 import torch
 from safetensors import SafetensorError
 
+from rmt.best import BEST, BestCheckpoint
 from rmt.checkpoint import (
     remove_stale_temps,
     resolve_checkpoint,
@@ -126,16 +130,31 @@ class Values:
 
 
 class Checkpointer:
-    """Checkpoints of one run: `checkpoints/step-XXXXXXXX/` and `checkpoints/latest`."""
+    """Checkpoints of one run: `checkpoints/step-XXXXXXXX/` and `checkpoints/latest`, and
+    `checkpoints/best/` when `best` names the metric that picks it."""
 
     def __init__(
         self, run_dir: Path, state: TrainState, strategy, runner, tokenizer, world: World,
-        keep: int, config: dict,
+        keep: int, config: dict, best: BestCheckpoint | None = None,
     ) -> None:  # fmt: skip
         self.directory = Path(run_dir) / "checkpoints"
         self.state, self.strategy, self.world = state, strategy, world
         self.runner, self.tokenizer = runner, tokenizer
-        self.keep, self.config = keep, config
+        self.keep, self.config, self.best = keep, config, best
+
+    def observe(self, step: int, metrics: dict) -> bool:
+        """After an evaluation: write `checkpoints/best` when `metrics` beat the best so far.
+
+        True when it did. Every rank calls it (ZeRO-3 gathers the weights from all).
+        """
+        if self.best is None or not metrics or not self.best.improves(metrics):
+            return False
+        self.best.record(step, metrics)
+        with self.strategy.gathered():
+            if self.world.is_main:
+                self._write(BEST, None, {"step": step, BEST: self.best.entry()})
+        barrier(self.world)
+        return True
 
     def save(self, step: int) -> None:
         """Every part, on every rank (ZeRO shards); `latest` moves once all are written."""
@@ -143,7 +162,7 @@ class Checkpointer:
         with self.strategy.gathered():
             if self.world.is_main:
                 trainer_state = {"step": step, "config": self.config, **self.state.state_dict()}
-                self._write(name, trainer_state, step)
+                self._write(name, trainer_state, {"step": step})
         barrier(self.world)
         self.strategy.save_files(self.directory / name)
         barrier(self.world)
@@ -153,7 +172,7 @@ class Checkpointer:
             except OSError as err:  # named after `latest`, not its vanished temp file
                 raise OSError(err.errno, err.strerror, str(self.directory / "latest")) from err
 
-    def _write(self, name: str, trainer_state: dict, step: int) -> None:
+    def _write(self, name: str, trainer_state: dict | None, metadata: dict) -> None:
         """`save_checkpoint`, its I/O failures as one line naming the directory.
 
         safetensors and torch.save report a full disk as their own exception types
@@ -162,8 +181,7 @@ class Checkpointer:
         """
         directory = self.directory / name
         try:
-            save_checkpoint(directory, self.runner, self.tokenizer, trainer_state,
-                            {"step": step})  # fmt: skip
+            save_checkpoint(directory, self.runner, self.tokenizer, trainer_state, metadata)
         except (OSError, RuntimeError, SafetensorError) as err:
             reason = (getattr(err, "strerror", None) or str(err)).splitlines()[0]
             raise CheckpointWriteError(
@@ -182,11 +200,14 @@ class Checkpointer:
     def restore(self) -> Path | None:
         """Load the newest valid checkpoint into every part; None when the run has none yet.
 
-        Temp directories of writes that were killed are removed first (rank 0).
+        Temp directories of writes that were killed are removed first (rank 0). The best
+        checkpoint's value is read back too, even when no step checkpoint was written yet.
         """
         if self.world.is_main and self.directory.is_dir():
             remove_stale_temps(self.directory)
         barrier(self.world)
+        if self.best is not None:
+            self.best.load(self.directory / BEST)
         if not (self.directory / "latest").is_file():
             return None
         checkpoint = resolve_checkpoint(self.directory.parent)

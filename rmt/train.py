@@ -33,6 +33,7 @@ from omegaconf import DictConfig
 
 from curriculum import Curriculum, build_curriculum
 from data.tokenizers import DNATokenizer
+from rmt.best import BestCheckpoint
 from rmt.checkpoint import build_runner
 from rmt.cli import autocast_dtype, user_errors
 from rmt.data_config import heldout_regions, make_genome, make_tokenizer
@@ -173,16 +174,28 @@ def build(cfg: TrainOptions, run_dir: Path) -> Run:
     log.info("data and tokenizer ready (%.1f s)", time.perf_counter() - started)
     runner = make_runner(cfg, tokenizer).to(world.device)
     task = make_task(cfg, runner, tokenizer, genome, heldout, world.device, amp).to(world.device)
-    module = TrainModule(runner, task)
     curriculum = build_curriculum(asdict(cfg.curriculum), seed=cfg.seed)
+    return assemble(run_dir, t, world, runner, task, tokenizer, curriculum, asdict(cfg))
+
+
+def assemble(
+    run_dir: Path, t: TrainerOptions, world: World, runner: MemoryRunner, task: Task,
+    tokenizer: DNATokenizer, curriculum: Curriculum, config: dict,
+    best: BestCheckpoint | None = None,
+) -> Run:  # fmt: skip
+    """A run around a built runner and task (shared by rmt-train and rmt-finetune):
+    optimizer over the trainable parameters (frozen ones are left out), strategy, state
+    registry, checkpoints (`best`: also keep the best by a validation metric), metrics;
+    restored from the run directory's latest checkpoint if it has one."""
+    module = TrainModule(runner, task)
     planned = t.max_steps or curriculum.total_steps
-    optimizer, lr_schedule = make_optimizer(list(module.named_parameters()), t, planned)
+    trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    optimizer, lr_schedule = make_optimizer(trainable, t, planned)
     strategy = make_strategy(module, optimizer, lr_schedule, t, world)
     values = Values(initial_eval=None, skipped_steps=0)
     state = TrainState(strategy=strategy, curriculum=curriculum, rng=TorchRNG(), run=values)
-    config = asdict(cfg)
     checkpointer = Checkpointer(
-        run_dir, state, strategy, runner, tokenizer, world, t.keep_checkpoints, config
+        run_dir, state, strategy, runner, tokenizer, world, t.keep_checkpoints, config, best
     )
     restored = checkpointer.restore() if t.resume else None
     sink = MetricsSink(
@@ -195,12 +208,12 @@ def build(cfg: TrainOptions, run_dir: Path) -> Run:
     )  # fmt: skip
 
 
-def run_lock(run_dir: Path) -> contextlib.AbstractContextManager:
+def run_lock(run_dir: Path, program: str = "rmt-train") -> contextlib.AbstractContextManager:
     """The run directory's lock, taken by the launcher's rank 0 (the only writer of most
     files; the other ranks of the same run must not be refused)."""
     if int(os.environ.get("RANK", "0")) != 0:
         return contextlib.nullcontext()
-    return RunLock(run_dir, "rmt-train")
+    return RunLock(run_dir, program)
 
 
 def train(cfg: TrainOptions, run_dir: str | Path, *, lock: bool = True) -> dict:

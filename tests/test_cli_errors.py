@@ -47,6 +47,7 @@ def the_error(proc: subprocess.CompletedProcess, program: str) -> str:
 
 
 TRAIN, INFER, TOKENIZER, BENCH = "rmt-train", "rmt-infer", "rmt-tokenizer", "rmt-bench"
+FINETUNE = "rmt-finetune"
 CASES = {
     "wrong type": (TRAIN, ["memory.memory_tokens=abc"], f"memory.memory_tokens=abc: {INT}"),
     "wrong type, --cfg job": (
@@ -70,8 +71,14 @@ CASES = {
     "rmt-infer": (INFER, ["strnd=both"], "unknown key strnd; did you mean strand?"),
     "rmt-tokenizer": (TOKENIZER, ["tokenizer.vocab_size=big"], f"tokenizer.vocab_size=big: {INT}"),
     "rmt-bench": (BENCH, ["batch_size=two"], f"batch_size=two: {INT}"),
+    "rmt-finetune": (FINETUNE, ["task=sequence_clasification"],
+                     "task=sequence_clasification: no such option in task/"),
+    "rmt-finetune, no task": (FINETUNE, ["checkpoint=x"], "You must specify 'task'"),
 }  # fmt: skip
-ENTRIES = {TRAIN: entry.train, INFER: entry.infer, TOKENIZER: entry.tokenizer, BENCH: entry.bench}
+ENTRIES = {
+    TRAIN: entry.train, INFER: entry.infer, TOKENIZER: entry.tokenizer, BENCH: entry.bench,
+    FINETUNE: entry.finetune,
+}  # fmt: skip
 
 
 def in_process(program: str, args: list[str], capsys, monkeypatch) -> str:

@@ -65,7 +65,11 @@ def skip_without_plugin(path: Path) -> None:
 
 
 def plain_overrides(root: str, tmp_path: Path) -> list[str]:
-    """Values the other apps' roots leave `???` (infer: a checkpoint and an output)."""
+    """Values the other apps' roots leave `???` (infer: a checkpoint and an output;
+    finetune: a checkpoint, a task kind and a training file)."""
+    if root == "finetune":
+        return [f"checkpoint={tmp_path / 'ckpt'}", "task=sequence_classification",
+                "data.train=train.csv"]  # fmt: skip
     if root != "infer":
         return []
     (tmp_path / "ckpt").mkdir(parents=True, exist_ok=True)
@@ -93,6 +97,28 @@ def test_every_root_config_composes(root, tmp_path):
         assert isinstance(result, TokenizerAppOptions)
 
 
+def task_owners(relative: Path, users: list[str]) -> list[str]:
+    """conf/task/ holds both apps' tasks: rmt-finetune's list its schema, the rest rmt-train's."""
+    if relative.parts[0] != "task":
+        return users
+    finetune = "/schema/task/finetune@_here_" in defaults(CONF / relative)
+    return [root for root in users if (root == "finetune") == finetune]
+
+
+@pytest.mark.parametrize(
+    ("root", "task", "message"),
+    [
+        ("train", "token_classification",
+         "task=token_classification is a fine-tuning task: run it with rmt-finetune"),
+        ("finetune", "mlm", "task=mlm is an rmt-train task; rmt-finetune's are task="),
+    ],
+)  # fmt: skip
+def test_a_task_of_the_other_app_is_one_line_naming_the_right_app(root, task, message, tmp_path):
+    with pytest.raises(ValueError) as error:
+        compose_and_convert(root, [f"task={task}"], tmp_path)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
 @pytest.mark.parametrize("relative", GROUP_FILES, ids=str)
 def test_every_group_option_composes(relative, tmp_path):
     path = CONF / relative
@@ -102,7 +128,7 @@ def test_every_group_option_composes(relative, tmp_path):
         cfg = compose_config("train", [f"{group}={name}"], hydra=True)
         assert OmegaConf.select(cfg, group.replace("/", ".") + "._target_")
         return
-    users = [root for root in ROOTS if group in groups_of(root)]
+    users = task_owners(relative, [root for root in ROOTS if group in groups_of(root)])
     overrides = [f"{group}={name}"] if users else [f"+{group}={name}"]
     composed = []
     for root in users or ROOTS:

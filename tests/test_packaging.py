@@ -100,6 +100,7 @@ def test_configs_are_found_by_absolute_path(tmp_path: Path) -> None:
         ("rmt-infer", "batch_size=3", "batch_size: 3"),
         ("rmt-bench", "batch_size=3", "batch_size: 3"),
         ("rmt-tokenizer", "tokenizer.vocab_size=300", "vocab_size: 300"),
+        ("rmt-finetune", "task=token_classification", "kind: token_classification"),
     ],
 )
 def test_every_app_composes_its_config_from_an_empty_directory(

@@ -1,0 +1,178 @@
+"""rmt-finetune: fine-tuning of a pre-trained recurrent-memory DNA encoder (a Hydra app).
+
+    rmt-finetune task=sequence_classification checkpoint=runs/pretrain \
+                 data.train=train.csv data.valid=valid.csv data.test=test.csv
+    rmt-finetune task=sequence_regression ... task.pool=memory freeze=encoder
+    rmt-finetune task=token_classification ... curriculum=doubling memory.backprop=replay
+    rmt-finetune -m task=sequence_classification ... memory.bptt_depth=0,2,-1
+
+The same shape as rmt-train (rmt/train.py): options -> `build` -> `rmt.loop.TrainLoop`,
+with the pre-trained runner (its MLM head dropped, a task head attached as
+`runner.task_head`), the labelled data (data.labelled) and `rmt.tasks.finetune`. The
+run directory gets what rmt-train writes (metrics.jsonl, tensorboard/, checkpoints/,
+status.json; resumed from its latest checkpoint when rerun), `checkpoints/best/` (the
+model of the best `best_metric` on the valid split) and `test.json` (that model's test
+metrics, memory carried, reset and, for sequence tasks, averaged over segments).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from curriculum import build_curriculum
+from data import DNATokenizer
+from data.labelled import LabelledData, load_dataset
+from rmt.best import BestCheckpoint
+from rmt.checkpoint import load_model, resolve_checkpoint
+from rmt.cli import autocast_dtype, user_errors
+from rmt.finetune_options import FinetuneOptions, finetune_options
+from rmt.heads import SequenceHead, TokenClassificationHead
+from rmt.install import CONFIG_PATH
+from rmt.loop import TrainLoop
+from rmt.runner import MemoryRunner
+from rmt.strategy import init_world
+from rmt.sweep_summary import run_job
+from rmt.tasks.finetune import FinetuneTask
+from rmt.token_bases import max_token_bases
+from rmt.train import Run, assemble, run_lock, seed_everything
+
+PROGRAM = "rmt-finetune"
+log = logging.getLogger(__name__)
+
+
+def pretrained_runner(options: FinetuneOptions) -> tuple[MemoryRunner, DNATokenizer]:
+    """The checkpoint's runner without its MLM head, with the memory settings changed
+    as configured, and its tokenizer."""
+    checkpoint = resolve_checkpoint(options.checkpoint)
+    log.info("pre-trained model: %s", checkpoint)
+    runner, tokenizer = load_model(checkpoint, kernels=options.kernels)
+    runner.head = None
+    if hasattr(runner, "task_head"):  # a fine-tuned checkpoint: its head is replaced
+        del runner.task_head
+    m = options.memory
+    for key in ("backprop", "bptt_depth", "segment_tokens"):
+        if getattr(m, key) is not None:
+            setattr(runner, key, getattr(m, key))
+    if runner.backprop == "truncated" and runner.bptt_depth < 0:
+        raise ValueError(
+            f"memory.backprop=truncated needs a depth, but {checkpoint} was pre-trained with "
+            f"bptt_depth={runner.bptt_depth}: set memory.bptt_depth to k >= 0"
+        )
+    return runner.train(), tokenizer
+
+
+def make_task_head(
+    kind: str, data: LabelledData, runner: MemoryRunner, tokenizer: DNATokenizer, pool: str
+) -> SequenceHead | TokenClassificationHead:
+    """A fresh head for `kind` on `runner`'s width; regression targets are normalised by
+    the train split's mean and std."""
+    d_model = runner.encoder.config.d_model
+    if kind != "token_classification" and pool != "mean" and runner.memory_tokens == 0:
+        raise ValueError(
+            f"task.pool={pool} reads the memory, but the checkpoint was pre-trained without "
+            "memory tokens (memory.memory_tokens=0); use task.pool=mean"
+        )
+    if kind == "token_classification":
+        return TokenClassificationHead(
+            d_model, len(data.classes), max_token_bases(tokenizer), names=data.classes
+        )
+    if kind == "sequence_classification":
+        return SequenceHead(d_model, len(data.classes), "classification", pool, data.classes)
+    head = SequenceHead(d_model, len(data.targets), "regression", pool, data.targets)
+    targets = np.array([np.atleast_1d(x.target) for x in data.train], dtype=np.float64)
+    std = targets.std(0)
+    if not (std > 0).all():
+        constant = [name for name, s in zip(data.targets, std, strict=True) if s == 0]
+        raise ValueError(
+            f"the regression target {', '.join(constant)} is the same in every training "
+            "example of data.train: nothing to learn; check data.label_column"
+        )
+    head.set_normalization(torch.as_tensor(targets.mean(0)), torch.as_tensor(std))
+    return head
+
+
+def freeze(runner: MemoryRunner, mode: str) -> None:
+    """Stop gradients to the weights `freeze` names (they keep their pre-trained values)."""
+    if mode == "none":
+        return
+    trained = ("memory.", "task_head.")
+    for name, parameter in runner.named_parameters():
+        if name.startswith("encoder.") or (
+            mode == "all_but_memory_head" and not name.startswith(trained)
+        ):
+            parameter.requires_grad_(False)
+
+
+def check_splits(data: LabelledData, options: FinetuneOptions) -> None:
+    if not data.train:
+        raise ValueError(f"data.train={options.data.train} holds no examples: check the file")
+    if not data.valid:
+        log.warning("no valid split (data.valid, data.split_column or data.valid_records): "
+                    "checkpoints/best is the final model")  # fmt: skip
+
+
+def build(options: FinetuneOptions, run_dir: Path) -> Run:
+    """The run's parts, restored from the run directory's latest checkpoint if it has one."""
+    t = options.trainer
+    seed_everything(options.seed)  # the same head initialisation on every rank
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    world = init_world(t.device)
+    amp = autocast_dtype(t.precision, world.device)
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    kind = options.task.kind
+    data = load_dataset(options.data, kind)
+    check_splits(data, options)
+    runner, tokenizer = pretrained_runner(options)
+    runner.task_head = make_task_head(kind, data, runner, tokenizer, options.task.pool)
+    freeze(runner, options.freeze)
+    runner.to(world.device)
+    task = FinetuneTask(
+        kind, data, tokenizer, segment_tokens=runner.segment_tokens,
+        loss_on=runner.loss_on, token_bases=getattr(runner.task_head, "max_token_bases", 1),
+        seed=options.seed, eval_max_segments=options.eval.max_segments,
+        eval_batch_size=t.eval_batch_size, device=world.device, amp=amp, kernels=options.kernels,
+    )  # fmt: skip
+    curriculum = build_curriculum(asdict(options.curriculum), seed=options.seed)
+    best = BestCheckpoint(options.metric, options.higher_is_better)
+    return assemble(run_dir, t, world, runner, task, tokenizer, curriculum, asdict(options), best)
+
+
+def finetune(options: FinetuneOptions, run_dir: str | Path, *, lock: bool = True) -> dict:
+    """Fine-tune as configured, writing everything into `run_dir`; the final metrics.
+
+    `lock=False` when the caller holds the run directory's lock already (`main`).
+    """
+    run_dir = Path(run_dir)
+    with run_lock(run_dir, PROGRAM) if lock else contextlib.nullcontext():
+        run = build(options, run_dir)
+        try:
+            return TrainLoop(run).run_to_end()
+        finally:
+            run.sink.close()
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="finetune", version_base="1.3")
+def main(cfg: DictConfig) -> dict | None:
+    """The Hydra task: returns the final metrics (test_<metric>, ...)."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    log.info("run directory: %s", run_dir)
+    with user_errors(PROGRAM), run_lock(run_dir, PROGRAM):
+        job = lambda: finetune(finetune_options(cfg), run_dir, lock=False)  # noqa: E731
+        return run_job(job, run_dir, PROGRAM)
+
+
+if __name__ == "__main__":
+    from rmt.entry import run_app  # config mistakes: one line, exit 2, as rmt-train
+
+    run_app(main, PROGRAM)

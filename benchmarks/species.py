@@ -28,7 +28,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.species_data import default_bacteria_dir, split_windows, train_files, write_split
+from benchmarks.species_data import (
+    default_bacteria_dir,
+    split_windows,
+    train_files,
+    write_fasta,
+    write_labels,
+)
+from benchmarks.species_eval import evaluate
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,7 @@ class SpeciesOptions:
     train_windows: int  # per species
     valid_windows: int
     test_windows: int
-    segments: int  # the longest context evaluated (and trained, for the RMT)
+    segments: int  # the longest context evaluated
     finetune_steps: int
     seed: int
     stage: str
@@ -58,11 +65,14 @@ def run_app(args: list[str], log: Path) -> None:
 def prepare(o: SpeciesOptions) -> Path:
     data = o.out / "data"
     data.mkdir(parents=True, exist_ok=True)
-    counts = {"train": o.train_windows, "valid": o.valid_windows, "test": o.test_windows}
-    for split, count in counts.items():
-        if not (data / f"{split}.tsv").is_file():
+    if not (data / "labels.tsv").is_file():
+        counts = {"train": o.train_windows, "valid": o.valid_windows, "test": o.test_windows}
+        every = []
+        for split, count in counts.items():
             windows = split_windows(o.bacteria, split, count, o.window_bp, o.seed)
-            write_split(windows, data / f"{split}.fa", data / f"{split}.tsv")
+            write_fasta(windows, data / f"{split}.fa")
+            every += windows
+        write_labels(every, data / "labels.tsv")
     return data
 
 
@@ -81,6 +91,43 @@ def pretrain(o: SpeciesOptions, memory_tokens: int) -> Path:
     return run
 
 
+# Fine-tuning variants: pre-trained memory tokens, segments per window of each curriculum
+# stage (steps split evenly among them), head pooling.
+VARIANTS = {
+    "rmt": (8, (1, 2, 4, 8, 16), "both"),
+    "segment": (8, (1,), "both"),
+    "nomemory": (0, (1,), "mean"),
+}
+
+
+def stages(segments: tuple[int, ...], steps: int) -> str:
+    """A curriculum.stages override: `steps` split evenly over the stages."""
+    each = steps // len(segments)
+    return "[" + ",".join(f"{{segments:{n},steps:{each}}}" for n in segments) + "]"
+
+
+def finetune(o: SpeciesOptions, variant: str, data: Path) -> Path:
+    """`rmt-finetune` of one variant: the same steps and tokens per step for every one."""
+    memory_tokens, segments, pool = VARIANTS[variant]
+    run = o.out / f"finetune_{variant}"
+    if not (run / "test.json").is_file():
+        run_app(
+            [
+                "rmt-finetune", "task=sequence_classification",
+                f"checkpoint={o.out / f'pretrain_memory{memory_tokens}'}",
+                f"data.train={data / 'train.fa'}", f"data.valid={data / 'valid.fa'}",
+                f"data.test={data / 'test.fa'}", f"data.labels={data / 'labels.tsv'}",
+                f"task.pool={pool}", f"curriculum.stages={stages(segments, o.finetune_steps)}",
+                "curriculum.mix_fraction=0.25",
+                "trainer.tokens_per_step=8192", "trainer.eval_every=100",
+                "trainer.save_every=100", "trainer.progress=false", "eval.max_segments=16",
+                f"seed={o.seed}", f"hydra.run.dir={run}",
+            ],
+            o.out / f"finetune_{variant}.log",
+        )  # fmt: skip
+    return run
+
+
 def parse_args(argv: list[str] | None = None) -> SpeciesOptions:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/species"))
@@ -91,7 +138,7 @@ def parse_args(argv: list[str] | None = None) -> SpeciesOptions:
     p.add_argument("--valid-windows", type=int, default=16)
     p.add_argument("--test-windows", type=int, default=50)
     p.add_argument("--segments", type=int, default=32)
-    p.add_argument("--finetune-steps", type=int, default=300)
+    p.add_argument("--finetune-steps", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stage", choices=["all", "prepare", "pretrain", "finetune", "evaluate"],
                    default="all")  # fmt: skip
@@ -100,11 +147,18 @@ def parse_args(argv: list[str] | None = None) -> SpeciesOptions:
 
 def main(argv: list[str] | None = None) -> None:
     o = parse_args(argv)
-    prepare(o)
+    data = prepare(o)
     if o.stage == "prepare":
         return
-    for m in (8, 0):
-        pretrain(o, m)
+    if o.stage in ("all", "pretrain"):
+        for memory_tokens in (8, 0):
+            pretrain(o, memory_tokens)
+    if o.stage in ("all", "finetune"):
+        for variant in VARIANTS:
+            finetune(o, variant, data)
+    if o.stage in ("all", "evaluate"):
+        runs = {variant: o.out / f"finetune_{variant}" for variant in VARIANTS}
+        evaluate(runs, data / "test.fa", data / "labels.tsv", o.segments, o.results)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ windows from one strain of each species never seen in pre-training or fine-tunin
 model must generalise across strains rather than memorise a genome.
 
 Every split is class-balanced (the same number of windows per species) and written as a
-FASTA of windows plus a `name<TAB>label` side table, the format `rmt-finetune` reads
-(`data.train=train.fa data.labels=labels.tsv`). Validation windows come from the last 10 %
-of each training record, training windows from the rest, so the two never overlap.
+FASTA of windows; one `name<TAB>label` side table covers all three, the format
+`rmt-finetune` reads (`data.train=train.fa data.labels=labels.tsv`). Validation windows
+come from the last 10 % of each training record, training windows from the rest, so the
+two never overlap.
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ class Window:
     seq: str
 
 
-def _windows(fasta: Path, species: str, strain: str, span: str, bp: int, count: int,
-             rng: np.random.Generator) -> list[Window]:
+def _windows(
+    fasta: Path, species: str, strain: str, span: str, bp: int, count: int, rng: np.random.Generator
+) -> list[Window]:
     """`count` random windows of `bp` from the records of one strain, within `span`
     (`train`: the first 90 % of each record, `valid`: the last 10 %, `all`: everything)."""
     fa = open_fasta(fasta)
@@ -105,12 +107,16 @@ def split_windows(bacteria: Path, split: str, per_species: int, bp: int, seed: i
     return out
 
 
-def write_split(windows: list[Window], fasta: Path, labels: Path) -> None:
-    """The windows as FASTA (60 bp lines) and their `name<TAB>label` table, atomically."""
+def write_fasta(windows: list[Window], fasta: Path) -> None:
+    """The windows as FASTA (60 bp lines), atomically."""
     with atomic_path(fasta) as tmp, open(tmp, "w") as f:
         for w in windows:
             body = "\n".join(w.seq[i : i + 60] for i in range(0, len(w.seq), 60))
             f.write(f">{w.name}\n{body}\n")
+
+
+def write_labels(windows: list[Window], labels: Path) -> None:
+    """The `name<TAB>label` side table of every split's windows, atomically."""
     with atomic_path(labels) as tmp, open(tmp, "w") as f:
         f.write("name\tlabel\n")
         f.writelines(f"{w.name}\t{w.species}\n" for w in windows)

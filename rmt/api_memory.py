@@ -57,6 +57,42 @@ def read(
     return _segments_alone(runner, input_ids, attention_mask.bool(), memory, final_head)
 
 
+@torch.no_grad()
+def outputs_by_segment(
+    runner: MemoryRunner,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    final_head: torch.nn.Module,
+    memory: str = "carried",
+) -> torch.Tensor:
+    """(b, n, k): the sequence head read after each of the n segments, NaN past a
+    sequence's end.
+
+    Row j is what the model predicts from the first j + 1 segments (`carried`), from
+    segment j alone (`reset`), or from the mean over segments 0..j alone
+    (`segment_average`): one pass gives the prediction at every context length.
+    """
+    check_memory_mode(memory)
+    mask = attention_mask.bool()
+    initial = runner.init_memory(input_ids.shape[0])
+    state, rows = initial, []
+    for ids, seg_mask in zip(input_ids.split(runner.segment_tokens, 1),
+                             mask.split(runner.segment_tokens, 1), strict=True):  # fmt: skip
+        out, new_memory = runner.step(ids, state if memory == "carried" else initial, seg_mask)
+        outputs = final_head(out.memory, out.hidden, seg_mask).float()
+        rows.append(outputs.masked_fill(~seg_mask.any(1)[:, None], float("nan")))
+        state = new_memory
+    outputs = torch.stack(rows, 1)
+    return running_mean(outputs) if memory == "segment_average" else outputs
+
+
+def running_mean(outputs: torch.Tensor) -> torch.Tensor:
+    """(b, n, k) -> row j the mean of rows 0..j: `reset` outputs by segment become
+    `segment_average` ones."""
+    counts = torch.arange(1, outputs.shape[1] + 1, device=outputs.device)[None, :, None]
+    return outputs.cumsum(1) / counts
+
+
 def _segments_alone(runner, input_ids, mask, memory, final_head) -> Pass:
     """`reset` / `segment_average`: every segment a one-segment sequence of its own."""
     (b, t), s = input_ids.shape, runner.segment_tokens

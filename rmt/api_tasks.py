@@ -13,7 +13,7 @@ import torch
 
 from data import DNATokenizer, clean_sequence, reverse_complement
 from rmt.api_base import Batch, PretrainedModel, to_numpy
-from rmt.api_memory import MEMORY_MODES, read
+from rmt.api_memory import MEMORY_MODES, outputs_by_segment, read
 from rmt.heads import SequenceHead, TokenClassificationHead
 from rmt.runner import MemoryRunner
 from rmt.token_bases import base_predictions
@@ -59,6 +59,13 @@ class _SequenceModel(PretrainedModel):
         """(b, k) head outputs in this model's memory mode."""
         ids, mask = batch.input_ids, batch.attention_mask
         return read(self.runner, ids, mask, self.memory, final_head=self.head).final_outputs
+
+    @torch.no_grad()
+    def outputs_by_segment(self, batch: Batch) -> np.ndarray:
+        """(b, n, k) head outputs after each segment (`rmt.api_memory.outputs_by_segment`):
+        how the prediction changes as the model reads more of each sequence."""
+        ids, mask = batch.input_ids, batch.attention_mask
+        return to_numpy(outputs_by_segment(self.runner, ids, mask, self.head, self.memory))
 
 
 class SequenceClassification(_SequenceModel):

@@ -16,6 +16,7 @@ from rmt.api import (
     SequenceRegression,
     TokenClassification,
 )
+from rmt.api_base import Batch
 from rmt.checkpoint import write_latest
 from rmt.heads import SequenceHead, TokenClassificationHead
 from rmt.token_bases import base_predictions, max_token_bases
@@ -115,6 +116,24 @@ def test_memory_modes_reset_and_segment_average(runs, sequences) -> None:
     np.testing.assert_allclose(carried.values[1], got_reset.values[1], atol=1e-4)  # 1 segment
     assert not np.allclose(carried.values[0], got_reset.values[0], atol=1e-3)  # memory counts
     assert np.abs(carried.values[:, 0] - 100).max() > 1  # original units, not normalised
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("memory", ["carried", "reset", "segment_average"])
+def test_outputs_by_segment_are_the_predictions_at_every_context_length(
+    runs, sequences, memory
+) -> None:
+    model = SequenceRegression.from_pretrained(runs["regression"], memory=memory)
+    got = model.outputs_by_segment(model.collate(sequences))
+    for i, seq in enumerate(sequences):
+        ids = ids_of(model, seq)
+        n = -(-ids.shape[1] // SEG)
+        for j in (0, n // 2, n - 1):  # the model given the first j + 1 segments only
+            prefix = ids[:, : (j + 1) * SEG]
+            batch = Batch(prefix, torch.ones_like(prefix, dtype=torch.bool), [], [])
+            expected = model.outputs(batch)[0].numpy()
+            np.testing.assert_allclose(got[i, j], expected, rtol=1e-4, atol=1e-4)
+        assert np.isnan(got[i, n:]).all()
 
 
 def manual_base_probabilities(model: TokenClassification, seq: str) -> np.ndarray:

@@ -2,6 +2,8 @@
 
     python -m benchmarks.species --out runs/species              # ~1 h on 2 CPU cores
     python -m benchmarks.species --out runs/species --stage evaluate   # redo the tables
+    python -m benchmarks.species --out runs/species_gpu \
+        --pretrain-experiment species_pretrain_gpu --finetune-steps 3000  # a GPU
 
 Stages, each a fresh process through the user-facing apps (a stage whose outputs exist
 is skipped, so a killed run picks up where it stopped):
@@ -49,6 +51,7 @@ class SpeciesOptions:
     test_windows: int
     segments: int  # the longest context evaluated
     finetune_steps: int
+    pretrain_experiment: str  # species_pretrain (CPU) or species_pretrain_gpu
     seed: int
     stage: str
 
@@ -82,7 +85,7 @@ def pretrain(o: SpeciesOptions, memory_tokens: int) -> Path:
         fasta = ",".join(str(p) for p in train_files(o.bacteria))
         run_app(
             [
-                "rmt-train", "experiment=species_pretrain", f"data.fasta=[{fasta}]",
+                "rmt-train", f"experiment={o.pretrain_experiment}", f"data.fasta=[{fasta}]",
                 f"memory.memory_tokens={memory_tokens}", f"seed={o.seed}",
                 f"hydra.run.dir={run}",
             ],
@@ -120,7 +123,7 @@ def finetune(o: SpeciesOptions, variant: str, data: Path) -> Path:
                 f"task.pool={pool}", f"curriculum.stages={stages(segments, o.finetune_steps)}",
                 "curriculum.mix_fraction=0.25",
                 "trainer.tokens_per_step=8192", "trainer.eval_every=100",
-                "trainer.save_every=100", "trainer.progress=false", "eval.max_segments=16",
+                "trainer.save_every=100", "trainer.progress=false", "eval.max_segments=8",
                 f"seed={o.seed}", f"hydra.run.dir={run}",
             ],
             o.out / f"finetune_{variant}.log",
@@ -136,9 +139,10 @@ def parse_args(argv: list[str] | None = None) -> SpeciesOptions:
     p.add_argument("--window-bp", type=int, default=24000)
     p.add_argument("--train-windows", type=int, default=200)
     p.add_argument("--valid-windows", type=int, default=16)
-    p.add_argument("--test-windows", type=int, default=50)
+    p.add_argument("--test-windows", type=int, default=40)
     p.add_argument("--segments", type=int, default=32)
-    p.add_argument("--finetune-steps", type=int, default=200)
+    p.add_argument("--finetune-steps", type=int, default=150)
+    p.add_argument("--pretrain-experiment", default="species_pretrain")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stage", choices=["all", "prepare", "pretrain", "finetune", "evaluate"],
                    default="all")  # fmt: skip

@@ -19,8 +19,10 @@ from safetensors.torch import load_file
 from sklearn.metrics import mean_squared_error
 
 from data import ECOLI_HELDOUT, Genome, bundled_genome
-from rmt.checkpoint import load_model
-from rmt.finetune import finetune
+from data.labelled import LabelledData
+from rmt.checkpoint import build_runner, load_model
+from rmt.encoder import EncoderConfig
+from rmt.finetune import finetune, make_task_head
 from rmt.finetune_options import finetune_options
 from rmt.options import train_options
 from rmt.train import train
@@ -269,3 +271,15 @@ def test_cli_reports_a_bad_task_kind_without_a_traceback(tmp_path, pretrained):
     assert proc.returncode == 2
     assert "nope" in proc.stderr and "sequence_classification" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("pool", ["memory", "both"])
+def test_a_memory_pool_on_a_model_without_memory_is_one_line(pool, lambda_bpe):
+    config = EncoderConfig(vocab_size=lambda_bpe.vocab_size, d_model=32, n_layers=1, n_heads=2)
+    runner = build_runner(config, {"memory_tokens": 0, "segment_tokens": 8}, kernels="torch")
+    data = LabelledData(train=[], valid=[], test=[], classes=["a", "b"], targets=None)
+    message = rf"^task.pool={pool} reads the memory, .* use task.pool=mean$"
+    with pytest.raises(ValueError, match=message):
+        make_task_head("sequence_classification", data, runner, lambda_bpe, pool)
+    head = make_task_head("sequence_classification", data, runner, lambda_bpe, "mean")
+    assert head.config()["pool"] == "mean"

@@ -1,7 +1,10 @@
 """Gene structure on Drosophila chr2R: does memory help to label exons and introns per base?
 
-    python -m benchmarks.gene_structure --out runs/genes       # ~45 min on 2 CPU cores
+    python -m benchmarks.gene_structure --out runs/genes       # ~40-50 min on 2 CPU cores
     python -m benchmarks.gene_structure --out runs/genes --stage evaluate   # redo tables
+    python -m benchmarks.gene_structure --out runs/genes_gpu --context-bp 12000 \
+        --pretrain-experiment dmel_pretrain_gpu --finetune-steps 2000 \
+        --finetune-tokens 32768    # a GPU: 512-token segments (4 of them ~10 kbp)
 
 Stages, each a fresh process through the user-facing apps (a stage whose outputs exist
 is skipped, so a killed run picks up where it stopped):
@@ -21,8 +24,10 @@ is skipped, so a killed run picks up where it stopped):
    the test loci, per model, memory mode, context and strand
    (benchmarks/gene_structure_eval.py); JSON + plot into `--results`.
 
-Toy sizes for a quick end-to-end check: `--loci 12 --pretrain-steps 20 --finetune-steps 8
---pretrain-override model.d_model=64 --pretrain-override model.n_layers=2`.
+Estimated on 2 free CPU cores: pre-training 2 x ~11 min, fine-tuning 2 x ~6 min,
+evaluation ~5 min. Toy sizes for an end-to-end check (about 6 minutes): `--loci 12
+--pretrain-steps 20 --finetune-steps 8 --pretrain-override model.d_model=64
+--pretrain-override model.n_layers=2 --pretrain-override tokenizer.max_bp=1000000`.
 """
 
 from __future__ import annotations
@@ -65,6 +70,8 @@ class GeneOptions:
     valid_fraction: float
     segments: int
     finetune_steps: int
+    finetune_tokens: int  # content tokens per fine-tuning step, every variant
+    pretrain_experiment: str  # dmel_pretrain (CPU) or dmel_pretrain_gpu
     pretrain_steps: int | None
     loci: int | None
     seed: int
@@ -114,7 +121,7 @@ def pretrain(o: GeneOptions, memory_tokens: int, data: Path) -> Path:
         steps = [] if o.pretrain_steps is None else [
             f"curriculum.stages={stages(PRETRAIN_SEGMENTS, o.pretrain_steps)}"]  # fmt: skip
         timed(o, f"pretrain_memory{memory_tokens}", [
-            "rmt-train", "experiment=dmel_pretrain",
+            "rmt-train", f"experiment={o.pretrain_experiment}",
             f"data.fasta=[{dataset_file(o.drosophila, 'dmel_chr2R.fa.gz')}]",
             "data.exclude=[" + ",".join(f"'{r}'" for r in regions) + "]",
             f"memory.memory_tokens={memory_tokens}", f"seed={o.seed}",
@@ -136,7 +143,7 @@ def finetune(o: GeneOptions, variant: str, data: Path) -> Path:
             f"data.test={data / 'test.csv'}", f"data.classes=[{','.join(CLASSES)}]",
             f"curriculum.stages={stages(segments, o.finetune_steps)}",
             "curriculum.mix_fraction=0.25", "memory.backprop=full",
-            "trainer.tokens_per_step=4096", "trainer.lr=1e-3",
+            f"trainer.tokens_per_step={o.finetune_tokens}", "trainer.lr=1e-3",
             "trainer.eval_every=100", "trainer.save_every=100", "trainer.progress=false",
             f"seed={o.seed}", f"hydra.run.dir={run}",
         ])  # fmt: skip
@@ -162,7 +169,9 @@ def parse_args(argv: list[str] | None = None) -> GeneOptions:
     )
     p.add_argument("--valid-fraction", type=float, default=0.1)
     p.add_argument("--segments", type=int, default=8, help="longest fine-tuning window")
-    p.add_argument("--finetune-steps", type=int, default=400)
+    p.add_argument("--finetune-steps", type=int, default=500)
+    p.add_argument("--finetune-tokens", type=int, default=4096, help="tokens per step")
+    p.add_argument("--pretrain-experiment", default="dmel_pretrain")
     p.add_argument(
         "--pretrain-steps",
         type=int,

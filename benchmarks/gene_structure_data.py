@@ -7,7 +7,7 @@ the tutorial's slice of the arm, which starts at base 2,000,001 of `dmel_chr2R.f
 `place` checks that every locus's sequence is exactly the chromosome's there, so context
 read from the chromosome around it is the real neighbourhood of the gene.
 
-A row of the written CSVs (`sequence,labels`, the form `rmt-finetune` reads) is a locus
+A row of the written CSVs (`name,sequence,labels`, a form `rmt-finetune` reads) is a locus
 with unlabelled (`.`) chromosome before it (and, for the test split, after it): context
 the model reads through memory but is never scored on. The loci tile the slice almost
 without gaps, so the context of a locus is mostly its neighbours; a train or valid
@@ -85,6 +85,10 @@ def locus_span(name: str, where: str) -> tuple[int, int]:
 
 def place(genbank: Path, fasta: pyfaidx.Fasta) -> list[Locus]:
     """The loci of a GenBank file on the chromosome, each checked base for base against it."""
+    if CHROM not in fasta.records:
+        shown = ", ".join(list(fasta.records)[:5])
+        raise ValueError(f"{fasta.filename} has no record {CHROM!r} (records: {shown}); "
+                         "give dmel_chr2R.fa.gz")  # fmt: skip
     options = DatasetOptions(train=str(genbank), features={"CDS": "exon"}, classes=CLASSES,
                              intron_class="intron", background_class="flank")  # fmt: skip
     data = load_dataset(options, "token_classification")
@@ -146,8 +150,8 @@ def exclude_regions(loci: list[Locus], left_bp: int, right_bp: int, length: int)
             for x in loci]  # fmt: skip
 
 
-# Class code -> its character in the CSV: digits for classes, `.` for unlabelled.
 def label_text(labels: np.ndarray) -> str:
+    """Per-base class codes as the CSV's text: a digit per class, `.` for unlabelled."""
     if labels.max(initial=0) > 9 or ((labels < 0) & (labels != IGNORE_INDEX)).any():
         raise ValueError("per-base labels must be class codes 0-9 or IGNORE_INDEX")
     chars = np.where(labels == IGNORE_INDEX, ord("."), labels + ord("0")).astype(np.uint8)
@@ -155,7 +159,8 @@ def label_text(labels: np.ndarray) -> str:
 
 
 def write_csv(rows: list[Row], path: Path) -> None:
-    """The rows as `sequence,labels` (one class digit per base, `.` unlabelled), atomically."""
+    """The rows as `name,sequence,labels` (one class digit per base, `.` unlabelled; the
+    locus name for people, rmt-finetune reads the other two), atomically."""
     with atomic_path(path) as tmp, open(tmp, "w") as f:
-        f.write("sequence,labels\n")
-        f.writelines(f"{row.sequence},{label_text(row.labels)}\n" for row in rows)
+        f.write("name,sequence,labels\n")
+        f.writelines(f"{row.name},{row.sequence},{label_text(row.labels)}\n" for row in rows)

@@ -16,9 +16,10 @@ the locus. Methods:
 - `nomemory`, `nomemory_both`: the model pre-trained and fine-tuned without memory
   tokens, every segment alone (on one strand, or both averaged).
 
-Besides the headline metrics, bases are binned by how many segments the forward read had
-consumed up to and including theirs (`by_context`): for a carried method the left
-context it could use through memory, for a reset one a control for position.
+Besides the headline metrics, the locus bases are binned by their position from the
+locus start in segments' worth of bp (`by_position`): the same bases in every method, so
+that at position p a carried method has read about p (+ its upstream) segments through
+memory, a reset one only its own segment.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from data.labelled import DatasetOptions, load_dataset
 from data.masking import IGNORE_INDEX
 from rmt.api import TokenClassification
 from rmt.cli import write_json
-from rmt.token_bases import base_tokens
 
 EXON, INTRON = CLASSES.index("exon"), CLASSES.index("intron")
 BOUNDARY_BP = 10
@@ -52,8 +52,8 @@ METHODS = {
     "nomemory": ("nomemory", "reset", 0, False),
     "nomemory_both": ("nomemory", "reset", 0, True),
 }
-# Upper edges of the bins of segments read (the last bin is open).
-CONTEXT_BINS = (1, 2, 4, 8, 16, 32)
+# Upper edges of the bins of position in the locus, in segments (the last bin is open).
+POSITION_BINS = (1, 2, 4, 8, 16, 32)
 BATCH = 8
 
 
@@ -121,30 +121,39 @@ def predict(model: TokenClassification, sequences: list[str]) -> list[np.ndarray
     return out
 
 
+def position_bins(positions: np.ndarray) -> dict[str, np.ndarray]:
+    """Masks of bases by their 1-based position in the locus in segments: 1, 2, 3-4, ..."""
+    bins, low = {}, 0
+    for high in (*POSITION_BINS, None):
+        inside = (positions > low) & (positions <= high if high else True)
+        name = f">{low}" if high is None else str(high) if high == low + 1 else f"{low + 1}-{high}"
+        if inside.any():
+            bins[name] = inside
+        low = high
+    return bins
+
+
 def score_method(
-    model: TokenClassification, rows: list[tuple[str, np.ndarray]], context_bp: int
+    model: TokenClassification,
+    rows: list[tuple[str, np.ndarray]],
+    context_bp: int,
+    segment_bp: float,
 ) -> dict:
-    """The headline metrics and the metrics by segments read, of one method."""
+    """The headline metrics of one method, and the same by position in the locus."""
     both = model.both_strands
     cropped = [crop(seq, labels, context_bp, context_bp if both else 0) for seq, labels in rows]
     predicted = predict(model, [seq for seq, _ in cropped])
-    parts = {"truth": [], "predicted": [], "boundary": [], "segments": []}
-    for (seq, labels), guess in zip(cropped, predicted, strict=True):
-        token, _ = base_tokens(model.tokenizer.encode(seq).offsets, len(seq))
-        keep = labels != IGNORE_INDEX
+    parts = {"truth": [], "predicted": [], "boundary": [], "position": []}
+    for (_, labels), guess in zip(cropped, predicted, strict=True):
+        keep = labels != IGNORE_INDEX  # the locus: contiguous
         parts["truth"].append(labels[keep])
         parts["predicted"].append(guess[keep])
         parts["boundary"].append(boundary_bases(labels)[keep])
-        parts["segments"].append(token[keep] // model.runner.segment_tokens + 1)
-    truth, guess, near, segments = (np.concatenate(parts[k]) for k in parts)
-    by_context, low = {}, 0
-    for high in (*CONTEXT_BINS, None):
-        inside = (segments > low) & (segments <= high if high else True)
-        if inside.any():
-            name = str(high) if high == low + 1 else f"{low + 1}-{high}" if high else f">{low}"
-            by_context[name] = base_metrics(truth[inside], guess[inside], near[inside])
-        low = high
-    return {"metrics": base_metrics(truth, guess, near), "by_context": by_context}
+        parts["position"].append((np.arange(keep.sum()) / segment_bp).astype(np.int64) + 1)
+    truth, guess, near, position = (np.concatenate(parts[k]) for k in parts)
+    by_position = {name: base_metrics(truth[inside], guess[inside], near[inside])
+                   for name, inside in position_bins(position).items()}  # fmt: skip
+    return {"metrics": base_metrics(truth, guess, near), "by_position": by_position}
 
 
 def evaluate(runs: dict[str, Path], test_csv: Path, results: Path, setup: dict) -> dict:
@@ -154,13 +163,13 @@ def evaluate(runs: dict[str, Path], test_csv: Path, results: Path, setup: dict) 
     for method, (variant, memory, segments, both) in METHODS.items():
         model = TokenClassification.from_pretrained(runs[variant], memory=memory,
                                                     both_strands=both)  # fmt: skip
-        bp_token = bp_per_token(model, rows)
-        context_bp = round(segments * model.runner.segment_tokens * bp_token)
+        segment_bp = model.runner.segment_tokens * bp_per_token(model, rows)
+        context_bp = round(segments * segment_bp)
         begun = time.perf_counter()
         table[method] = {
             "variant": variant, "memory": memory, "context_segments": segments,
-            "context_bp": context_bp, "both_strands": both,
-            **score_method(model, rows, context_bp),
+            "context_bp": context_bp, "both_strands": both, "segment_bp": round(segment_bp),
+            **score_method(model, rows, context_bp, segment_bp),
             "seconds": round(time.perf_counter() - begun, 1),
         }  # fmt: skip
         shown = {k: round(v, 3) for k, v in table[method]["metrics"].items() if "f1" in k}
@@ -170,7 +179,6 @@ def evaluate(runs: dict[str, Path], test_csv: Path, results: Path, setup: dict) 
         "test_loci": len(rows),
         "classes": CLASSES,
         "boundary_bp": BOUNDARY_BP,
-        "bp_per_token": round(bp_token, 3),
         "setup": setup,
         "results": table,
         "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads(),
@@ -184,7 +192,7 @@ def evaluate(runs: dict[str, Path], test_csv: Path, results: Path, setup: dict) 
 
 
 def plot(report: dict, path: Path) -> None:
-    """Headline metrics per method (left); exon F1 by segments read (right)."""
+    """Headline metrics per method (left); exon F1 by position in the locus (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -201,10 +209,10 @@ def plot(report: dict, path: Path) -> None:
     bars.set_ylim(0, 1)
     bars.legend(fontsize=8)
     bars.grid(axis="y", alpha=0.3)
-    for method in ("rmt_u0", "rmt_reset", "nomemory", "rmt_both_u4"):
-        by = report["results"][method]["by_context"]
+    for method in ("rmt_u0", "rmt_u4", "rmt_reset", "rmt_both_u4", "nomemory"):
+        by = report["results"][method]["by_position"]
         lines.plot(list(by), [v["exon_f1"] for v in by.values()], marker="o", label=method)
-    lines.set_xlabel("segments read up to the base (forward strand)")
+    lines.set_xlabel("position in the locus (segments from its start)")
     lines.set_ylabel("exon F1")
     lines.legend(fontsize=8)
     lines.grid(alpha=0.3)

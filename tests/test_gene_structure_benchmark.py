@@ -27,7 +27,7 @@ from benchmarks.gene_structure_data import (
     with_context,
     write_csv,
 )
-from benchmarks.gene_structure_eval import base_metrics, boundary_bases, crop
+from benchmarks.gene_structure_eval import base_metrics, boundary_bases, crop, position_bins
 from data.fasta import open_fasta
 from data.labelled import DatasetOptions, load_dataset
 from data.masking import IGNORE_INDEX
@@ -171,3 +171,9 @@ def test_base_metrics_on_known_inputs():
     assert m["accuracy"] == pytest.approx(4 / 6) and m["boundary_accuracy"] == 0.5
     assert (m["bases"], m["boundary_bases"]) == (6, 2)
     assert base_metrics(truth, truth, np.zeros(6, bool))["boundary_accuracy"] is None
+
+
+def test_position_bins_double_in_width():
+    bins = position_bins(np.array([1, 2, 3, 4, 5, 40, 33]))
+    assert {k: np.flatnonzero(v).tolist() for k, v in bins.items()} == {
+        "1": [0], "2": [1], "3-4": [2, 3], "5-8": [4], ">32": [5, 6]}  # fmt: skip

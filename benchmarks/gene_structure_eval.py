@@ -24,16 +24,14 @@ memory, a reset one only its own segment.
 
 from __future__ import annotations
 
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 from benchmarks.gene_structure_data import CLASSES
-from benchmarks.measure import cpu_model
+from benchmarks.measure import environment
 from data.labelled import DatasetOptions, load_dataset
 from data.masking import IGNORE_INDEX
 from rmt.api import TokenClassification
@@ -181,8 +179,7 @@ def evaluate(runs: dict[str, Path], test_csv: Path, results: Path, setup: dict) 
         "boundary_bp": BOUNDARY_BP,
         "setup": setup,
         "results": table,
-        "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads(),
-                    "python": platform.python_version(), "torch": torch.__version__},
+        "machine": environment("cpu"),
         "evaluate_s": round(time.perf_counter() - started, 1),
     }  # fmt: skip
     results.mkdir(parents=True, exist_ok=True)

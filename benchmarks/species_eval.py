@@ -15,14 +15,13 @@ N - 1 is the model given N segments of context, so one pass scores every N. Meth
 
 from __future__ import annotations
 
-import platform
 import time
 from pathlib import Path
 
 import torch
 from sklearn.metrics import accuracy_score, matthews_corrcoef
 
-from benchmarks.measure import cpu_model
+from benchmarks.measure import environment
 from data.labelled import DatasetOptions, load_dataset
 from rmt.api import SequenceClassification
 from rmt.api_memory import running_mean
@@ -93,8 +92,7 @@ def evaluate(
         "methods": {m: list(v) for m, v in METHODS.items()},
         "results": table,
         "command": "python -m benchmarks.species --out runs/species",
-        "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads(),
-                    "python": platform.python_version(), "torch": torch.__version__},
+        "machine": environment("cpu"),
         "evaluate_s": round(time.perf_counter() - started, 1),
     }  # fmt: skip
     results.mkdir(parents=True, exist_ok=True)

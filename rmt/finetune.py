@@ -17,7 +17,6 @@ metrics, memory carried, reset and, for sequence tasks, averaged over segments).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -37,13 +36,12 @@ from rmt.cli import autocast_dtype, user_errors
 from rmt.finetune_options import FinetuneOptions, finetune_options
 from rmt.heads import SequenceHead, TokenClassificationHead
 from rmt.install import CONFIG_PATH
-from rmt.loop import TrainLoop
 from rmt.runner import MemoryRunner
 from rmt.strategy import init_world
 from rmt.sweep_summary import run_job
 from rmt.tasks.finetune import FinetuneTask
 from rmt.token_bases import max_token_bases
-from rmt.train import Run, assemble, run_lock, seed_everything
+from rmt.train import Run, assemble, run_lock, run_to_end, seed_everything
 
 PROGRAM = "rmt-finetune"
 log = logging.getLogger(__name__)
@@ -153,13 +151,7 @@ def finetune(options: FinetuneOptions, run_dir: str | Path, *, lock: bool = True
 
     `lock=False` when the caller holds the run directory's lock already (`main`).
     """
-    run_dir = Path(run_dir)
-    with run_lock(run_dir, PROGRAM) if lock else contextlib.nullcontext():
-        run = build(options, run_dir)
-        try:
-            return TrainLoop(run).run_to_end()
-        finally:
-            run.sink.close()
+    return run_to_end(Path(run_dir), PROGRAM, lambda: build(options, Path(run_dir)), lock)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="finetune", version_base="1.3")

@@ -22,6 +22,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -221,9 +222,14 @@ def train(cfg: TrainOptions, run_dir: str | Path, *, lock: bool = True) -> dict:
 
     `lock=False` when the caller holds the run directory's lock already (`main`).
     """
-    run_dir = Path(run_dir)
-    with run_lock(run_dir) if lock else contextlib.nullcontext():
-        run = build(cfg, run_dir)
+    return run_to_end(Path(run_dir), "rmt-train", lambda: build(cfg, Path(run_dir)), lock)
+
+
+def run_to_end(run_dir: Path, program: str, make_run: Callable[[], Run], lock: bool) -> dict:
+    """Build the run (under the run directory's lock unless the caller holds it) and
+    train it to the end; the final metrics. rmt-train's and rmt-finetune's one loop."""
+    with run_lock(run_dir, program) if lock else contextlib.nullcontext():
+        run = make_run()
         try:
             return TrainLoop(run).run_to_end()
         finally:

@@ -32,16 +32,15 @@ from data import DNATokenizer
 from data.labelled import LabelledData, load_dataset
 from rmt.best import BestCheckpoint
 from rmt.checkpoint import load_model, resolve_checkpoint
-from rmt.cli import autocast_dtype, user_errors
+from rmt.cli import user_errors
 from rmt.finetune_options import FinetuneOptions, finetune_options
 from rmt.heads import SequenceHead, TokenClassificationHead
 from rmt.install import CONFIG_PATH
 from rmt.runner import MemoryRunner
-from rmt.strategy import init_world
 from rmt.sweep_summary import run_job
 from rmt.tasks.finetune import FinetuneTask
 from rmt.token_bases import max_token_bases
-from rmt.train import Run, assemble, run_lock, run_to_end, seed_everything
+from rmt.train import Run, assemble, run_lock, run_to_end, start_run
 
 PROGRAM = "rmt-finetune"
 log = logging.getLogger(__name__)
@@ -121,13 +120,7 @@ def check_splits(data: LabelledData, options: FinetuneOptions) -> None:
 def build(options: FinetuneOptions, run_dir: Path) -> Run:
     """The run's parts, restored from the run directory's latest checkpoint if it has one."""
     t = options.trainer
-    seed_everything(options.seed)  # the same head initialisation on every rank
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    world = init_world(t.device)
-    amp = autocast_dtype(t.precision, world.device)
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    world, amp = start_run(options.seed, t, run_dir)  # the same head on every rank
     kind = options.task.kind
     data = load_dataset(options.data, kind)
     check_splits(data, options)

@@ -157,16 +157,22 @@ def shared_tokenizer(cfg: TrainOptions, genome, run_dir: Path, world: World) -> 
     return make_tokenizer(cfg.tokenizer, genome, run_dir) if tokenizer is None else tokenizer
 
 
-def build(cfg: TrainOptions, run_dir: Path) -> Run:
-    """The run's parts, restored from the run directory's latest checkpoint if it has one."""
-    t = cfg.trainer
-    seed_everything(cfg.seed)  # the same model initialisation on every rank
+def start_run(seed: int, t: TrainerOptions, run_dir: Path) -> tuple[World, torch.dtype | None]:
+    """Seed (the same initialisation on every rank), threads, the process group, the
+    autocast dtype, the run directory: how every training app starts."""
+    seed_everything(seed)
     if t.threads:
         torch.set_num_threads(t.threads)
     world = init_world(t.device)
-    amp = autocast_dtype(t.precision, world.device)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    return world, autocast_dtype(t.precision, world.device)
+
+
+def build(cfg: TrainOptions, run_dir: Path) -> Run:
+    """The run's parts, restored from the run directory's latest checkpoint if it has one."""
+    t = cfg.trainer
+    world, amp = start_run(cfg.seed, t, run_dir)
     started = time.perf_counter()
     log.info("reading %s (a first run decompresses and indexes it) ...", ", ".join(cfg.data.fasta))
     heldout = heldout_regions(cfg.data)

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from data import DNATokenizer, load_tokenizer
 from rmt.encoder import Encoder, EncoderConfig
 from rmt.heads import MLMHead, build_task_head
+from rmt.hf_encoder import HF_KEY, hf_encoder_from_dict
 from rmt.integrity import FORMAT, CheckpointError, verify_checkpoint, write_manifest
 from rmt.run_checkpoints import remove_stale_temps, resolve_checkpoint, write_latest
 from rmt.runner import MemoryRunner
@@ -38,9 +39,11 @@ __all__ = [
     "build_runner",
     "load_model",
     "load_weights",
+    "model_config",
     "remove_stale_temps",
     "resolve_checkpoint",
     "runner_config",
+    "runner_from_config",
     "save_checkpoint",
     "verify_checkpoint",
     "verify_tokenizer",
@@ -53,11 +56,52 @@ def build_runner(
     encoder_config: EncoderConfig, runner_config: dict, kernels: str = "auto"
 ) -> MemoryRunner:
     """A fresh runner with an MLM head tied to the token embeddings."""
-    encoder = Encoder(encoder_config, kernels=kernels)
-    head = MLMHead(
-        encoder_config.d_model, encoder_config.vocab_size, encoder.embed_tokens, kernels=kernels
-    )
+    return _with_mlm_head(Encoder(encoder_config, kernels=kernels), runner_config, kernels)
+
+
+def _with_mlm_head(encoder, runner_config: dict, kernels: str) -> MemoryRunner:
+    config = encoder.config
+    head = MLMHead(config.d_model, config.vocab_size, encoder.embed_tokens, kernels=kernels)
     return MemoryRunner(encoder, head=head, **runner_config)
+
+
+def model_config(runner: MemoryRunner, tokenizer: DNATokenizer) -> dict:
+    """What config.json records of a model: enough for `runner_from_config` to rebuild it."""
+    config = {
+        "format": FORMAT,
+        "encoder": runner.encoder.config.to_dict(),
+        "runner": runner_config(runner),
+        "head": None if runner.head is None else "mlm",  # None: fine-tuned without it
+        "tokenizer": "tokenizer.json",
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
+    }
+    task_head = getattr(runner, "task_head", None)
+    if task_head is not None:  # a fine-tuned model; its weights are under task_head.
+        config["task_head"] = task_head.config()
+    return config
+
+
+def runner_from_config(config: dict, kernels: str = "auto", where: str = "config.json"):
+    """The untrained model `config` (a `model_config` dict) describes: encoder (this
+    project's or a wrapped Hugging Face one), MLM head unless "head" is null, and
+    `runner.task_head` for a fine-tuned model. A CheckpointError names `where` and the key.
+    """
+    try:
+        encoder = {k: v for k, v in config["encoder"].items() if k != "kernels"}  # older files
+        runner_options = dict(config["runner"])
+    except (KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{where} lacks a valid {err} entry") from err
+    if "num_memory_tokens" in runner_options:  # the name before 0.2
+        runner_options["memory_tokens"] = runner_options.pop("num_memory_tokens")
+    if HF_KEY in encoder:
+        runner = _with_mlm_head(hf_encoder_from_dict(encoder), runner_options, kernels)
+    else:
+        runner = build_runner(EncoderConfig.from_dict(encoder), runner_options, kernels=kernels)
+    if config.get("head", "mlm") is None:  # saved without its MLM head (rmt-finetune)
+        runner.head = None
+    if config.get("task_head") is not None:
+        runner.task_head = _task_head(where, config["task_head"])
+    return runner
 
 
 def _unique_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -126,18 +170,7 @@ def save_checkpoint(
     try:
         save_file(tensors, str(tmp / "model.safetensors"))
         tokenizer.save(tmp / "tokenizer.json")
-        config = {
-            "format": FORMAT,
-            "encoder": runner.encoder.config.to_dict(),
-            "runner": runner_config(runner),
-            "head": None if runner.head is None else "mlm",  # None: fine-tuned without it
-            "tokenizer": "tokenizer.json",
-            "tokenizer_fingerprint": tokenizer.fingerprint(),
-            **(metadata or {}),
-        }
-        task_head = getattr(runner, "task_head", None)
-        if task_head is not None:  # a fine-tuned model; its weights are under task_head.
-            config["task_head"] = task_head.config()
+        config = {**model_config(runner, tokenizer), **(metadata or {})}
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer_state.pt")
@@ -198,32 +231,22 @@ def load_model(
     ckpt = resolve_checkpoint(path)
     config = json.loads((ckpt / "config.json").read_text())  # verified just now
     try:
-        encoder = {k: v for k, v in config["encoder"].items() if k != "kernels"}  # older files
-        runner_options = dict(config["runner"])
         tokenizer = load_tokenizer(ckpt / config["tokenizer"])
-    except (KeyError, TypeError, AttributeError) as err:
+    except (KeyError, TypeError) as err:
         raise CheckpointError(f"{ckpt / 'config.json'} lacks a valid {err} entry") from err
     verify_tokenizer(ckpt, tokenizer, config)
-    if "num_memory_tokens" in runner_options:  # the name before 0.2
-        runner_options["memory_tokens"] = runner_options.pop("num_memory_tokens")
-    runner = build_runner(EncoderConfig.from_dict(encoder), runner_options, kernels=kernels)
-    if config.get("head", "mlm") is None:  # saved without its MLM head (rmt-finetune)
-        runner.head = None
-    if config.get("task_head") is not None:
-        runner.task_head = _task_head(ckpt, config["task_head"])
+    runner = runner_from_config(config, kernels, where=str(ckpt / "config.json"))
     load_weights(runner, ckpt / "model.safetensors", device)
     runner.to(device).eval()
     return runner, tokenizer
 
 
-def _task_head(ckpt: Path, head_config: dict) -> torch.nn.Module:
+def _task_head(where: str, head_config: dict) -> torch.nn.Module:
     """The fine-tuned head config.json describes, as a CheckpointError if it cannot be built."""
     try:
         return build_task_head(head_config)
     except (TypeError, ValueError, AttributeError) as err:
-        raise CheckpointError(
-            f"{ckpt / 'config.json'} has an invalid task_head entry: {err}"
-        ) from err
+        raise CheckpointError(f"{where} has an invalid task_head entry: {err}") from err
 
 
 def verify_tokenizer(

@@ -194,6 +194,24 @@ class Encoder(nn.Module):
             x, delta = block(x, delta, rope, mask)
         return self.final_norm(x, delta)[0]
 
+    def forward_with_memory(
+        self, memory: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(memory states (b, m, d), token states (b, s, d)): memory first, then the tokens.
+
+        The runner's one call per segment; a wrapped Hugging Face encoder
+        (`rmt.hf_encoder.HFEncoder`) places memory and special tokens its own way.
+        """
+        m = memory.shape[1]
+        x = torch.cat([memory.to(self.embed_tokens.weight.dtype), self.embed(input_ids)], 1)
+        key_mask = None if mask is None else torch.cat([mask.new_ones(mask.shape[0], m), mask], 1)
+        h = self.forward_embeddings(x, key_mask)
+        return h[:, :m], h[:, m:]
+
+    def max_segment_tokens(self, memory_tokens: int) -> int | None:
+        """None: rotary positions put no bound on a segment's length."""
+        return None
+
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -105,7 +105,8 @@ class LearnedMemory(nn.Module):
 
 
 class MemoryRunner(nn.Module):
-    """Wraps an `Encoder` (and optionally an `MLMHead`) into a recurrent memory model."""
+    """Wraps an `Encoder` or an `rmt.hf_encoder.HFEncoder` (and optionally an `MLMHead`)
+    into a recurrent memory model."""
 
     def __init__(
         self,
@@ -122,6 +123,12 @@ class MemoryRunner(nn.Module):
             raise ValueError(
                 f"memory_tokens={memory_tokens} must be >= 0 and "
                 f"segment_tokens={segment_tokens} >= 1"
+            )
+        longest = encoder.max_segment_tokens(memory_tokens)
+        if longest is not None and segment_tokens > longest:
+            raise ValueError(
+                f"segment_tokens={segment_tokens} does not fit the encoder's positions beside "
+                f"{memory_tokens} memory tokens and its special tokens; use at most {longest}"
             )
         self.encoder = encoder
         self.head = head
@@ -257,15 +264,10 @@ class MemoryRunner(nn.Module):
         return scored
 
     def _encode_segment(self, memory, input_ids, mask):
-        m = self.memory_tokens
-        x = torch.cat(
-            [memory.to(self.encoder.embed_tokens.weight.dtype), self.encoder.embed(input_ids)], 1
-        )
-        key_mask = None if mask is None else torch.cat([mask.new_ones(mask.shape[0], m), mask], 1)
-        h = self.encoder.forward_embeddings(x, key_mask)
+        new_memory, hidden = self.encoder.forward_with_memory(memory, input_ids, mask)
         # A copy, not a view: a view would keep the whole segment's hidden states alive for
         # as long as the memory lives (every segment of a replay forward, a whole stream).
-        new_memory, hidden = h[:, :m].clone(), h[:, m:]
+        new_memory = new_memory.clone()
         if mask is not None:  # a sample that has ended keeps its memory
             new_memory = torch.where(mask.any(1)[:, None, None], new_memory, memory)
         return new_memory, hidden

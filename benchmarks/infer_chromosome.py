@@ -91,7 +91,7 @@ def build_default_checkpoint(directory: Path) -> Path:
         options = train_options(compose("train", [f"data.cache_dir={directory / 'fasta'}"]))
     genome = make_genome(options.data, heldout_regions(options.data))
     tokenizer = make_tokenizer(options.tokenizer, genome, directory)
-    model = EncoderConfig(**asdict(options.model), vocab_size=tokenizer.vocab_size)
+    model = EncoderConfig(**options.model.encoder_fields(), vocab_size=tokenizer.vocab_size)
     torch.manual_seed(options.seed)
     runner = build_runner(model, asdict(options.memory), kernels=options.kernels)
     return save_checkpoint(directory / "model", runner, tokenizer)

@@ -56,6 +56,7 @@ from benchmarks.measure import (
 )
 from kernels import get_ops, reference, resolve_backend
 from rmt import EncoderConfig, build_runner
+from rmt.option_groups import HF_FIELDS
 
 RESULTS = Path(__file__).parent / "results"
 VOCAB = 32768
@@ -199,7 +200,7 @@ def model_config(name: str, overrides: list[str], vocab: int) -> EncoderConfig:
     """conf/model/<name>.yaml as rmt-train composes it."""
     with initialize_config_module(config_module="conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"model={name}", *overrides])
-    model = OmegaConf.to_container(cfg.model)
+    model = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k not in HF_FIELDS}
     return EncoderConfig.from_dict({**model, "vocab_size": vocab})
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from benchmarks.points import METHODS, OPTIMIZERS
+from benchmarks.points import DEFAULT_METHODS, METHODS, OPTIMIZERS
 from kernels import BACKENDS
 from rmt.option_errors import check
 
@@ -48,7 +48,7 @@ class BenchOptions:
     """conf/bench.yaml: what rmt-bench measures, at which sizes, and when it stops."""
 
     model: Any = field(default_factory=dict)
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     segments: Segments = field(default_factory=Segments)
     batch_size: int = 4
     segment_tokens: int = 128

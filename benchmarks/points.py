@@ -2,7 +2,8 @@
 
 The method names are grouped by kind (inference or training) and by role (the RMT in
 each backprop mode, the baselines it is compared with); `benchmarks.workloads` says what
-each method runs.
+each method runs. The default sweep leaves out the HF-encoder RMT (`HF_METHODS`): it
+costs about what the BERT baseline costs again, and compares encoders, not methods.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from dataclasses import dataclass, replace
 from rmt import EncoderConfig
 
 RMT_TRAIN = {f"rmt_{mode}": mode for mode in ("full", "truncated", "replay", "checkpoint")}
-INFER_METHODS = ("rmt_infer", "naive_infer", "whole_infer", "bert_infer")
-TRAIN_METHODS = (*RMT_TRAIN, "naive_train", "whole_train", "bert_train")
+HF_METHODS = ("hf_rmt_infer", "hf_rmt_train")  # the runner around a transformers BertModel
+INFER_METHODS = ("rmt_infer", "naive_infer", "whole_infer", "bert_infer", "hf_rmt_infer")
+TRAIN_METHODS = (*RMT_TRAIN, "naive_train", "whole_train", "bert_train", "hf_rmt_train")
 METHODS = (*INFER_METHODS, *TRAIN_METHODS)
-BASELINES = {"infer": ("naive_infer", "whole_infer", "bert_infer")}
-BASELINES["train"] = ("naive_train", "whole_train", "bert_train")
+DEFAULT_METHODS = tuple(m for m in METHODS if m not in HF_METHODS)  # conf/bench.yaml's
+BASELINES = {"infer": ("naive_infer", "whole_infer", "bert_infer", "hf_rmt_infer")}
+BASELINES["train"] = ("naive_train", "whole_train", "bert_train", "hf_rmt_train")
 OPTIMIZERS = ("adamw", "none")
 # The toy model of `toy`: one step of it starts the runtime, and leaves ~nothing behind.
 TOY_MODEL = {"vocab_size": 64, "d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": None}

@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback
 
 from benchmarks.fits import fits, ok
 from benchmarks.plots import method_labels, plot
+from benchmarks.points import HF_METHODS
 from data.atomic import atomic_path
 from rmt.cli import user_errors, write_json
 
@@ -32,7 +33,7 @@ CSV_FIELDS = [
 
 
 BENCH_EXTRA = "pip install 'rmt-dna[bench]'"
-TRANSFORMERS_METHODS = ("bert_infer", "bert_train")  # benchmarks.workloads._bert
+TRANSFORMERS_METHODS = ("bert_infer", "bert_train", *HF_METHODS)  # benchmarks.workloads._bert
 
 
 def check_extras(methods: Iterable[str]) -> None:

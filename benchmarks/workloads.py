@@ -14,6 +14,9 @@ only) with the MLM loss on the labelled tokens.
   depth and heads (GELU MLP of 4 d: the gated MLP's FLOPs) over non-overlapping windows
   of the segment length, with gradient accumulation over windows when training (same
   MLM head and loss as the RMT): the common practice today.
+- `hf_rmt_infer`, `hf_rmt_train`: `rmt_infer` and `rmt_full` with that BertModel as the
+  runner's encoder (`rmt.hf_encoder.HFEncoder`, GENA-LM's layout `[CLS] memory [SEP]
+  segment [SEP]`): what wrapping a Hugging Face encoder costs against the native one.
 - `naive_infer`, `naive_train`: a recurrent runner as public reference implementations
   write it: every segment's outputs are kept (inference) and full logits over every
   token of every segment feed one loss at the end (training): the memory growth users
@@ -34,8 +37,13 @@ import torch.nn.functional as F
 
 from benchmarks.measure import head_flops, segment_flops
 from benchmarks.points import METHODS, RMT_TRAIN, Point
+from data import NucleotideTokenizer
 from rmt import Encoder, EncoderConfig, MemoryRunner, MLMHead, build_runner
 from rmt.heads import IGNORE_INDEX
+from rmt.hf_encoder import HFEncoder, hf_encoder_config
+
+HF_LAYOUT = "cls_mem_sep"  # GENA-LM's RMT layout: [CLS] memory [SEP] segment [SEP]
+HF_SPECIALS = 3  # the most special tokens the layout places beside memory and a segment
 
 
 @dataclass
@@ -114,8 +122,9 @@ def _runner(point: Point, config: EncoderConfig, backprop: str = "full") -> Memo
     return build_runner(config, runner_config, kernels=point.kernels).to(point.device)
 
 
-def _rmt_infer(point, config, input_ids, labels) -> Workload:
-    runner = _runner(point, config).eval()
+def _streaming(point: Point, runner: MemoryRunner, input_ids: torch.Tensor) -> Callable[[], None]:
+    """Inference a segment at a time, only the memory carried over."""
+    runner.eval()
     start = runner.init_memory(point.batch_size).detach()
 
     @torch.inference_mode()
@@ -124,14 +133,26 @@ def _rmt_infer(point, config, input_ids, labels) -> Workload:
         for segment in input_ids.split(point.segment_tokens, dim=1):
             _, memory = runner.step(segment, memory)
 
-    return Workload(
-        step, runner, _encoder_flops(point, config, point.segment_tokens, point.memory_tokens)
-    )
+    return step
+
+
+def _runner_training(
+    point: Point, runner: MemoryRunner, input_ids: torch.Tensor, labels: torch.Tensor
+) -> Callable[[], None]:
+    """One training step of the runner's own forward (MLM loss on the labelled tokens)."""
+    runner.train()
+    return _train_step(point, runner, lambda: runner(input_ids, labels=labels).loss)
+
+
+def _rmt_infer(point, config, input_ids, labels) -> Workload:
+    runner = _runner(point, config)
+    flops = _encoder_flops(point, config, point.segment_tokens, point.memory_tokens)
+    return Workload(_streaming(point, runner, input_ids), runner, flops)
 
 
 def _rmt_train(point, config, input_ids, labels) -> Workload:
-    runner = _runner(point, config, RMT_TRAIN[point.method]).train()
-    step = _train_step(point, runner, lambda: runner(input_ids, labels=labels).loss)
+    runner = _runner(point, config, RMT_TRAIN[point.method])
+    step = _runner_training(point, runner, input_ids, labels)
     flops = _encoder_flops(point, config, point.segment_tokens, point.memory_tokens)
     return Workload(step, runner, 3 * (flops + head_flops(config, _labelled(labels))))
 
@@ -200,8 +221,9 @@ def _whole_train(point, config, input_ids, labels) -> Workload:
     return Workload(_train_step(point, model, loss), model, 3 * flops)
 
 
-def _bert(point: Point, config: EncoderConfig):
-    """A transformers BertModel of the encoder's width, depth and heads (GELU MLP of 4 d)."""
+def _bert(point: Point, config: EncoderConfig, extra_positions: int = 0):
+    """A transformers BertModel of the encoder's width, depth and heads (GELU MLP of 4 d),
+    with positions for a segment and `extra_positions` more (at least BERT's 512)."""
     from transformers import BertConfig, BertModel
 
     bert_config = BertConfig(
@@ -210,7 +232,7 @@ def _bert(point: Point, config: EncoderConfig):
         num_hidden_layers=config.n_layers,
         num_attention_heads=config.n_heads,
         intermediate_size=4 * config.d_model,
-        max_position_embeddings=max(512, point.segment_tokens),
+        max_position_embeddings=max(512, point.segment_tokens + extra_positions),
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
         attn_implementation="sdpa",
@@ -254,6 +276,34 @@ def _bert_train(point, config, input_ids, labels) -> Workload:
     return Workload(_train_step(point, model, loss), model, 3 * flops)
 
 
+def _hf_runner(point: Point, config: EncoderConfig):
+    """The memory runner around `_bert`'s BertModel (`rmt.hf_encoder`), with a tied MLM
+    head; also the FLOP config and the positions beside each segment's tokens.
+
+    The layout's special ids are those of every tokenizer of this project ([CLS] 1,
+    [SEP] 2, [PAD] 3: `NucleotideTokenizer`'s); the tokens are random ids anyway.
+    """
+    m = point.memory_tokens
+    bert, flop_config = _bert(point, config, extra_positions=m + HF_SPECIALS)
+    encoder = HFEncoder(bert, hf_encoder_config(bert.config, NucleotideTokenizer(), HF_LAYOUT))
+    head = MLMHead(config.d_model, config.vocab_size, encoder.embed_tokens, point.kernels)
+    runner = MemoryRunner(encoder, m, point.segment_tokens, head=head).to(point.device)
+    return runner, flop_config, m + sum(encoder.config.special_positions(m))
+
+
+def _hf_rmt_infer(point, config, input_ids, labels) -> Workload:
+    runner, flop_config, positions = _hf_runner(point, config)
+    flops = _encoder_flops(point, flop_config, point.segment_tokens, positions)
+    return Workload(_streaming(point, runner, input_ids), runner, flops)
+
+
+def _hf_rmt_train(point, config, input_ids, labels) -> Workload:
+    runner, flop_config, positions = _hf_runner(point, config)
+    step = _runner_training(point, runner, input_ids, labels)
+    flops = _encoder_flops(point, flop_config, point.segment_tokens, positions)
+    return Workload(step, runner, 3 * (flops + head_flops(config, _labelled(labels))))
+
+
 _BUILDERS = {
     "rmt_infer": _rmt_infer,
     "naive_infer": _naive_infer,
@@ -262,4 +312,6 @@ _BUILDERS = {
     "whole_train": _whole_train,
     "bert_infer": _bert_infer,
     "bert_train": _bert_train,
+    "hf_rmt_infer": _hf_rmt_infer,
+    "hf_rmt_train": _hf_rmt_train,
 }

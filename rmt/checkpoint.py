@@ -35,10 +35,13 @@ from rmt.run_checkpoints import remove_stale_temps, resolve_checkpoint, write_la
 from rmt.runner import MemoryRunner
 
 __all__ = [
+    "HF_MODEL_TYPE",
+    "HF_PREFIX",
     "CheckpointError",
     "build_runner",
     "load_model",
     "load_weights",
+    "mlm_head",
     "model_config",
     "remove_stale_temps",
     "resolve_checkpoint",
@@ -50,6 +53,10 @@ __all__ = [
     "write_latest",
 ]
 RUNNER_KEYS = ("memory_tokens", "segment_tokens", "bptt_depth", "loss_on", "backprop")
+# An `rmt-export` directory (rmt.hf) says so by its config.json "model_type"; its weights
+# are named as the Hugging Face model holds the runner: `runner.<name here>`.
+HF_MODEL_TYPE = "rmt-dna"
+HF_PREFIX = "runner."
 
 
 def build_runner(
@@ -59,10 +66,20 @@ def build_runner(
     return _with_mlm_head(Encoder(encoder_config, kernels=kernels), runner_config, kernels)
 
 
-def _with_mlm_head(encoder, runner_config: dict, kernels: str) -> MemoryRunner:
+def mlm_head(encoder, kernels: str = "auto") -> MLMHead:
+    """An untrained MLM head tied to the encoder's token embeddings. A wrapped HF encoder's
+    normalises with the HF model's eps (BERT's 1e-12, not torch's 1e-5), as its pretrained
+    head was trained, and as it must again after a reload."""
     config = encoder.config
     head = MLMHead(config.d_model, config.vocab_size, encoder.embed_tokens, kernels=kernels)
-    return MemoryRunner(encoder, head=head, **runner_config)
+    hf = getattr(config, HF_KEY, None)
+    if hf is not None:
+        head.norm.eps = hf.get("layer_norm_eps", head.norm.eps)
+    return head
+
+
+def _with_mlm_head(encoder, runner_config: dict, kernels: str) -> MemoryRunner:
+    return MemoryRunner(encoder, head=mlm_head(encoder, kernels), **runner_config)
 
 
 def model_config(runner: MemoryRunner, tokenizer: DNATokenizer) -> dict:
@@ -119,9 +136,16 @@ def _unique_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_weights(module: torch.nn.Module, path: str | os.PathLike, device="cpu") -> None:
-    """Load `_unique_tensors` output back; names left out must be ties of loaded ones."""
+def load_weights(
+    module: torch.nn.Module, path: str | os.PathLike, device="cpu", prefix: str = ""
+) -> None:
+    """Load `_unique_tensors` output back; names left out must be ties of loaded ones.
+
+    `prefix` is taken off every name first (HF_PREFIX: an `rmt-export` directory's).
+    """
     state = load_file(str(path), device=str(device))
+    if prefix:
+        state = {name.removeprefix(prefix): tensor for name, tensor in state.items()}
     current = module.state_dict()
     reshaped = [
         f"{name} {tuple(tensor.shape)} (model {tuple(current[name].shape)})"
@@ -219,7 +243,8 @@ def _readable(directory: Path) -> None:
 def load_model(
     path: str | os.PathLike, device: str | torch.device = "cpu", kernels: str = "auto"
 ) -> tuple[MemoryRunner, DNATokenizer]:
-    """Load (runner with its MLM head, tokenizer) from a checkpoint or run directory.
+    """Load (runner with its MLM head, tokenizer) from a checkpoint or run directory, or
+    a directory `rmt-export` wrote (Hugging Face layout; its config.json is a superset).
 
     A fine-tuned checkpoint (config.json has "task_head") also gets its head back, as
     `runner.task_head` with its weights; a pre-trained one has no `task_head` attribute.
@@ -236,7 +261,8 @@ def load_model(
         raise CheckpointError(f"{ckpt / 'config.json'} lacks a valid {err} entry") from err
     verify_tokenizer(ckpt, tokenizer, config)
     runner = runner_from_config(config, kernels, where=str(ckpt / "config.json"))
-    load_weights(runner, ckpt / "model.safetensors", device)
+    prefix = HF_PREFIX if config.get("model_type") == HF_MODEL_TYPE else ""
+    load_weights(runner, ckpt / "model.safetensors", device, prefix)
     runner.to(device).eval()
     return runner, tokenizer
 

@@ -57,11 +57,28 @@ def make_genome(data: DataOptions, heldout: list[Region]) -> Genome:
         )
 
 
-def make_tokenizer(tokenizer: TokenizerOptions, genome: Genome, run_dir: Path) -> DNATokenizer:
-    """The configured tokenizer, or a BPE trained on the training genome (once per run)."""
+def hf_tokenizer(directory: str | Path, key: str) -> DNATokenizer:
+    """The tokenizer.json saved beside a Hugging Face model (`key` names where the
+    directory was given): its ids are the rows of the model's embeddings."""
+    path = Path(directory) / "tokenizer.json"
+    if not path.is_file():
+        raise ValueError(
+            f"{key}={str(directory)!r} has no tokenizer.json ({path}): save the model's "
+            "tokenizer there as a Hugging Face tokenizer.json with the special tokens [CLS] "
+            "[SEP] [PAD] [MASK] [UNK] (tokenizer.save_pretrained writes one)"
+        )
+    return load_tokenizer(path)
+
+
+def make_tokenizer(
+    tokenizer: TokenizerOptions, genome: Genome, run_dir: Path, hf: str | None = None
+) -> DNATokenizer:
+    """The configured tokenizer, or the one of the HF model in `hf` (`model.hf`), or a
+    BPE trained on the training genome (once per run)."""
     with option_section("tokenizer", TokenizerOptions):
-        if tokenizer.path is not None:  # not made from this data: check that it fits it
-            loaded = load_tokenizer(tokenizer.path)
+        if tokenizer.path is not None or hf is not None:  # not made from this data: check it
+            path = tokenizer.path
+            loaded = load_tokenizer(path) if path is not None else hf_tokenizer(hf, "model.hf")
             check_dna_vocabulary(loaded, genome)
             return loaded
         trained = run_dir / "tokenizer.json"

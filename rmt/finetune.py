@@ -5,10 +5,12 @@
     rmt-finetune task=sequence_regression ... task.pool=memory freeze=encoder
     rmt-finetune task=token_classification ... curriculum=doubling memory.backprop=replay
     rmt-finetune -m task=sequence_classification ... memory.bptt_depth=0,2,-1
+    rmt-finetune task=sequence_classification checkpoint=/path/to/gena-lm ...  # HF encoder
 
 The same shape as rmt-train (rmt/train.py): options -> `build` -> `rmt.loop.TrainLoop`,
 with the pre-trained runner (its MLM head dropped, a task head attached as
-`runner.task_head`), the labelled data (data.labelled) and `rmt.tasks.finetune`. The
+`runner.task_head`; a bare Hugging Face encoder directory gets new memory as
+`memory.*` says), the labelled data (data.labelled) and `rmt.tasks.finetune`. The
 run directory gets what rmt-train writes (metrics.jsonl, tensorboard/, checkpoints/,
 status.json; resumed from its latest checkpoint when rerun), `checkpoints/best/` (the
 model of the best `best_metric` on the valid split) and `test.json` (that model's test
@@ -25,7 +27,7 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from curriculum import build_curriculum
 from data import DNATokenizer
@@ -33,9 +35,12 @@ from data.labelled import LabelledData, load_dataset
 from rmt.best import BestCheckpoint
 from rmt.checkpoint import load_model, resolve_checkpoint
 from rmt.cli import user_errors
-from rmt.finetune_options import FinetuneOptions, finetune_options
+from rmt.data_config import hf_tokenizer
+from rmt.finetune_options import FinetuneMemoryOptions, FinetuneOptions, finetune_options
 from rmt.heads import SequenceHead, TokenClassificationHead
-from rmt.install import CONFIG_PATH
+from rmt.hf_runner import hf_runner, is_hf_encoder_dir
+from rmt.install import CONFIG_DIR, CONFIG_PATH
+from rmt.option_errors import check, option_section
 from rmt.runner import MemoryRunner
 from rmt.sweep_summary import run_job
 from rmt.tasks.finetune import FinetuneTask
@@ -47,24 +52,60 @@ log = logging.getLogger(__name__)
 
 
 def pretrained_runner(options: FinetuneOptions) -> tuple[MemoryRunner, DNATokenizer]:
-    """The checkpoint's runner without its MLM head, with the memory settings changed
-    as configured, and its tokenizer."""
+    """The pre-trained runner without its MLM head, with the memory settings changed as
+    configured, and its tokenizer: a checkpoint's, or a bare HF encoder's with new memory."""
+    if is_hf_encoder_dir(options.checkpoint):
+        runner, tokenizer = hf_pretrained(options)
+    else:
+        runner, tokenizer = checkpoint_pretrained(options)
+    runner.head = None
+    if runner.backprop == "truncated" and runner.bptt_depth < 0:
+        raise ValueError(
+            f"memory.backprop=truncated needs a depth, but the model of {options.checkpoint} "
+            f"has bptt_depth={runner.bptt_depth}: set memory.bptt_depth to k >= 0"
+        )
+    return runner.train(), tokenizer
+
+
+def checkpoint_pretrained(options: FinetuneOptions) -> tuple[MemoryRunner, DNATokenizer]:
+    """A checkpoint's runner (a fine-tuned one's head dropped) with `memory` applied."""
     checkpoint = resolve_checkpoint(options.checkpoint)
     log.info("pre-trained model: %s", checkpoint)
     runner, tokenizer = load_model(checkpoint, kernels=options.kernels)
-    runner.head = None
     if hasattr(runner, "task_head"):  # a fine-tuned checkpoint: its head is replaced
         del runner.task_head
     m = options.memory
+    pretrained = runner.memory_tokens
+    check(m.memory_tokens in (None, pretrained), "memory.memory_tokens", m.memory_tokens,
+          f"differs from the {pretrained} memory tokens {checkpoint} was pre-trained with: "
+          "leave it null (it sizes a Hugging Face encoder's new memory)")  # fmt: skip
     for key in ("backprop", "bptt_depth", "segment_tokens"):
         if getattr(m, key) is not None:
             setattr(runner, key, getattr(m, key))
-    if runner.backprop == "truncated" and runner.bptt_depth < 0:
-        raise ValueError(
-            f"memory.backprop=truncated needs a depth, but {checkpoint} was pre-trained with "
-            f"bptt_depth={runner.bptt_depth}: set memory.bptt_depth to k >= 0"
-        )
-    return runner.train(), tokenizer
+    return runner, tokenizer
+
+
+def hf_pretrained(options: FinetuneOptions) -> tuple[MemoryRunner, DNATokenizer]:
+    """The bare HF encoder in `checkpoint` with fresh memory (`memory`, its nulls as
+    `FinetuneMemoryOptions` says) and the tokenizer.json beside it."""
+    path, m, hf = Path(options.checkpoint), options.memory, options.hf
+    tokenizer = hf_tokenizer(path, "checkpoint")
+    memory_tokens = default_memory_tokens() if m.memory_tokens is None else m.memory_tokens
+    memory = {"memory_tokens": memory_tokens, "segment_tokens": m.segment_tokens}
+    memory |= {k: getattr(m, k) for k in ("backprop", "bptt_depth") if getattr(m, k) is not None}
+    with option_section("memory", FinetuneMemoryOptions):  # a segment too long for the model
+        runner = hf_runner(
+            path, tokenizer, memory, hf.layout, hf.attn_implementation, hf.trust_remote_code,
+            kernels=options.kernels,
+        )  # fmt: skip
+    log.info("pre-trained Hugging Face encoder: %s, with %d new memory tokens and %d-token "
+             "segments", path, runner.memory_tokens, runner.segment_tokens)  # fmt: skip
+    return runner, tokenizer
+
+
+def default_memory_tokens() -> int:
+    """rmt-train's memory size (conf/memory/default.yaml), for an encoder without memory."""
+    return int(OmegaConf.load(CONFIG_DIR / "memory" / "default.yaml").memory_tokens)
 
 
 def make_task_head(

@@ -3,7 +3,8 @@
 Field names are the YAML keys, as for rmt-train (rmt/options.py), whose trainer and
 curriculum schemas are reused as they are; `data` is the data package's own
 `DatasetOptions`. The model's shape, memory size and tokenizer come from the pre-trained
-checkpoint, so `memory` only holds what fine-tuning may change (null: as pre-trained).
+checkpoint, so `memory` only holds what fine-tuning may change (null: as pre-trained);
+`checkpoint` may also be a bare Hugging Face encoder directory, wrapped as `hf` says.
 
     options = finetune_options(cfg)   # in rmt-finetune's main(), once
 """
@@ -20,6 +21,7 @@ from data.labelled.options import DatasetOptions
 from kernels import BACKENDS
 from rmt.heads import POOLS
 from rmt.option_errors import at_least, check, to_options
+from rmt.option_groups import HFOptions
 from rmt.options import CURRICULA, TrainerOptions
 from rmt.runner import BACKPROP_MODES
 
@@ -62,13 +64,21 @@ class FinetuneTaskOptions:
 
 @dataclass
 class FinetuneMemoryOptions:
-    """What fine-tuning may change of the pre-trained runner's memory; null keeps it."""
+    """What fine-tuning may change of the pre-trained runner's memory; null keeps it.
 
+    A bare Hugging Face encoder (`checkpoint` = its directory) was pre-trained without
+    memory, so there null means: `memory_tokens` as rmt-train's default
+    (conf/memory/default.yaml), `segment_tokens` the longest segment its positions hold
+    beside the memory and special tokens, the rest the runner's defaults.
+    """
+
+    memory_tokens: int | None = MISSING
     backprop: str | None = MISSING
     bptt_depth: int | None = MISSING
     segment_tokens: int | None = MISSING
 
     def __post_init__(self) -> None:
+        at_least("memory.memory_tokens", self.memory_tokens, 0)
         modes = ", ".join(BACKPROP_MODES)
         check(self.backprop is None or self.backprop in BACKPROP_MODES, "memory.backprop",
               self.backprop, f"is not a mode; choose one of {modes}")  # fmt: skip
@@ -101,6 +111,7 @@ class FinetuneOptions:
     kernels: str = MISSING
     data: DatasetOptions = MISSING
     memory: FinetuneMemoryOptions = MISSING
+    hf: HFOptions = MISSING  # how a bare Hugging Face encoder directory is wrapped
     eval: EvalOptions = MISSING
     curriculum: Any = MISSING  # one of rmt-train's CURRICULA schemas
     trainer: TrainerOptions = MISSING

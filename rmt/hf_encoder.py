@@ -204,7 +204,9 @@ def load_hf_encoder(
     hf_config = AutoConfig.from_pretrained(path, **options)
     if attn_implementation is not None:
         options["attn_implementation"] = attn_implementation
-    model = AutoModel.from_pretrained(path, **options)
+    # fp32 whatever dtype it was saved in: the runner's memory and heads are fp32, and
+    # training keeps fp32 weights (autocast computes in bf16)
+    model = AutoModel.from_pretrained(path, dtype=torch.float32, **options)
     config = hf_encoder_config(
         hf_config, tokenizer, layout, trust_remote_code=trust_remote_code, source=str(path)
     )
@@ -223,7 +225,9 @@ def hf_encoder_from_dict(values: dict) -> HFEncoder:
     else:
         hf = dict(config.hf)
         hf_config = AutoConfig.for_model(hf.pop("model_type"), **hf)
-    model = AutoModel.from_config(hf_config, trust_remote_code=config.trust_remote_code)
+    model = AutoModel.from_config(
+        hf_config, trust_remote_code=config.trust_remote_code, dtype=torch.float32
+    )
     return HFEncoder(model, config)
 
 

@@ -10,18 +10,56 @@ into the apps' root options and registers them with Hydra.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from omegaconf import MISSING
 
 from curriculum import build_curriculum
 from rmt.encoder import EncoderConfig
+from rmt.hf_encoder import LAYOUTS, check_hf_dir
 from rmt.option_errors import at_least, check, fraction, option_section
 from rmt.runner import BACKPROP_MODES, LOSS_ON
+
+#: ModelOptions' keys that wrap a Hugging Face encoder rather than shape this project's
+HF_FIELDS = ("hf", "layout", "attn_implementation", "trust_remote_code")
+
+
+def check_hf_path(key: str, path: str) -> None:
+    """`key` names a local Hugging Face model directory, or one line naming the key."""
+    try:
+        check_hf_dir(Path(path))
+    except ValueError as err:
+        check(False, key, path, f"is not a Hugging Face encoder: {err}")
+
+
+def check_layout(key: str, layout: str) -> None:
+    check(layout in LAYOUTS, key, layout,
+          f"is not a layout; choose one of {', '.join(LAYOUTS)}")  # fmt: skip
+
+
+@dataclass
+class HFOptions:
+    """How a local Hugging Face encoder directory given as `checkpoint` is wrapped
+    (rmt.hf_encoder): rmt-finetune's and rmt-infer's `hf` node. Ignored for this
+    project's checkpoints, which record how they were wrapped."""
+
+    layout: str = "cls_mem_sep"
+    attn_implementation: str | None = None  # null: the model's default (sdpa, eager, ...)
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        check_layout("hf.layout", self.layout)
 
 
 @dataclass
 class ModelOptions:
-    """The encoder's shape (conf/model/): `EncoderConfig` without the tokenizer's vocab."""
+    """The encoder (conf/model/): `EncoderConfig`'s shape without the tokenizer's vocab,
+    or, with `hf` set, a local Hugging Face encoder directory to continue from (GENA-LM,
+    BERT, ...): then its own config gives the shape and the shape keys are ignored.
+
+    The `HF_FIELDS` have defaults here rather than in conf/model/*.yaml, because
+    rmt-bench composes those files too and hands them to `EncoderConfig` as they are.
+    """
 
     d_model: int = MISSING
     n_layers: int = MISSING
@@ -33,15 +71,26 @@ class ModelOptions:
     rope_base: float = MISSING
     dropout: float = MISSING
     init_std: float = MISSING
+    hf: str | None = None  # a local HF model directory (config.json, weights, tokenizer.json)
+    layout: str = "cls_mem_sep"  # where memory and [CLS]/[SEP] go (rmt.hf_encoder.LAYOUTS)
+    attn_implementation: str | None = None  # the HF model's attention (sdpa, eager, ...)
+    trust_remote_code: bool = False  # run the model code in `hf` (custom architectures)
 
     def __post_init__(self) -> None:
+        if self.hf is not None:
+            check_hf_path("model.hf", self.hf)
+        check_layout("model.layout", self.layout)
         for key in ("d_model", "n_layers", "n_heads", "d_ff"):
             at_least(f"model.{key}", getattr(self, key), 1)
         for key in ("norm_eps", "rope_base", "init_std"):
             check(getattr(self, key) > 0, f"model.{key}", getattr(self, key), "must be > 0")
         fraction("model.dropout", self.dropout, closed=False)
         with option_section("model", self):
-            EncoderConfig(**asdict(self))  # choices and head split, in the model's own words
+            EncoderConfig(**self.encoder_fields())  # choices and head split, in its words
+
+    def encoder_fields(self) -> dict:
+        """The shape keys: `EncoderConfig`'s fields (without `vocab_size`)."""
+        return {k: v for k, v in asdict(self).items() if k not in HF_FIELDS}
 
 
 @dataclass

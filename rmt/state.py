@@ -33,23 +33,38 @@ from rmt.checkpoint import (
     verify_tokenizer,
     write_latest,
 )
+from rmt.hf_encoder import HF_KEY
 from rmt.strategy import World, barrier
 
 TRAINER_STATE = "trainer_state.pt"
 #: saved settings a resumed run may change: they do not shape the weights or their meaning
-MAY_CHANGE = {"model.init_std", "memory.backprop", "memory.bptt_depth"}
+#: (model.source: where a Hugging Face encoder was read from; its weights are in the checkpoint)
+MAY_CHANGE = {"model.init_std", "model.source", "memory.backprop", "memory.bptt_depth"}
+#: keys of a Hugging Face model's config that name its copy, not the model
+HF_COPY_KEYS = ("_name_or_path", "transformers_version")
 
 
 class CheckpointWriteError(ValueError):
     """A checkpoint could not be written (a full disk, most often): one line, exit 2."""
 
 
+def comparable_encoder(encoder: dict) -> dict:
+    """An encoder config as config.json holds it (JSON types: an HF config's int keys
+    become strings), a wrapped HF model's config spread into `hf.<key>` entries."""
+    values = json.loads(json.dumps(encoder))
+    hf = values.pop(HF_KEY, None) or {}
+    return {**values, **{f"hf.{k}": v for k, v in hf.items() if k not in HF_COPY_KEYS}}
+
+
 def model_differences(checkpoint: Path, runner) -> list[str]:
     """`key=saved (this run: value)` for each model or memory setting that differs from
     the one `checkpoint` was trained with (its config.json, verified already)."""
     saved = json.loads((checkpoint / "config.json").read_text())
+    encoder, current = saved.get("encoder", {}), runner.encoder.config.to_dict()
+    if (HF_KEY in encoder) != (HF_KEY in current):  # this project's encoder vs an HF one
+        return [f"model.hf={encoder.get('source')!r} (this run: {current.get('source')!r})"]
     pairs = [
-        ("model", saved.get("encoder", {}), runner.encoder.config.to_dict()),
+        ("model", comparable_encoder(encoder), comparable_encoder(current)),
         ("memory", saved.get("runner", {}), runner_config(runner)),
     ]
     return [

@@ -4,6 +4,7 @@
     rmt-train model=small memory.memory_tokens=16 trainer.max_steps=2000
     rmt-train -m memory.memory_tokens=4,8,16       # one run directory per job
     rmt-train experiment=memorize               # the long-range memorize task
+    rmt-train model.hf=/path/to/gena-lm         # continue a local Hugging Face encoder
 
 options -> `build` (the run's parts) -> `rmt.loop.TrainLoop` (plan, data ahead,
 optimise, log, evaluate, save). The run directory gets `metrics.jsonl` and
@@ -39,11 +40,13 @@ from rmt.checkpoint import build_runner
 from rmt.cli import autocast_dtype, user_errors
 from rmt.data_config import heldout_regions, make_genome, make_tokenizer
 from rmt.encoder import EncoderConfig
+from rmt.hf_runner import hf_runner
 from rmt.install import CONFIG_PATH
 from rmt.lock import RunLock
 from rmt.loop import TrainLoop
 from rmt.metrics import MetricsSink
-from rmt.options import TrainerOptions, TrainOptions, train_options
+from rmt.option_errors import option_section
+from rmt.options import MemoryOptions, TrainerOptions, TrainOptions, train_options
 from rmt.runner import MemoryRunner
 from rmt.state import Checkpointer, TorchRNG, TrainState, Values
 from rmt.strategy import (
@@ -62,20 +65,17 @@ log = logging.getLogger(__name__)
 
 
 def make_runner(cfg: TrainOptions, tokenizer: DNATokenizer) -> MemoryRunner:
-    model = {**asdict(cfg.model), "vocab_size": tokenizer.vocab_size}
-    encoder_config = EncoderConfig.from_dict(model)
-    m = cfg.memory
-    return build_runner(
-        encoder_config,
-        {
-            "memory_tokens": m.memory_tokens,
-            "segment_tokens": m.segment_tokens,
-            "bptt_depth": m.bptt_depth,
-            "backprop": m.backprop,
-            "loss_on": m.loss_on,
-        },
-        kernels=cfg.kernels,
-    )
+    """This project's encoder in the configured shape, or the HF encoder in `model.hf`."""
+    model, memory = cfg.model, asdict(cfg.memory)
+    if model.hf is None:
+        shape = {**model.encoder_fields(), "vocab_size": tokenizer.vocab_size}
+        return build_runner(EncoderConfig.from_dict(shape), memory, kernels=cfg.kernels)
+    log.info("continuing from the Hugging Face encoder in %s (model.hf)", model.hf)
+    with option_section("memory", MemoryOptions):  # a segment too long for its positions
+        return hf_runner(
+            model.hf, tokenizer, memory, model.layout, model.attn_implementation,
+            model.trust_remote_code, kernels=cfg.kernels,
+        )  # fmt: skip
 
 
 def make_task(
@@ -149,12 +149,13 @@ class Run:
 
 def shared_tokenizer(cfg: TrainOptions, genome, run_dir: Path, world: World) -> DNATokenizer:
     """Rank 0 trains (or loads) the tokenizer into the run directory; the others load it."""
-    if world.is_main and cfg.tokenizer.path is None and not (run_dir / "tokenizer.json").is_file():
+    hf, trained = cfg.model.hf, run_dir / "tokenizer.json"
+    if world.is_main and cfg.tokenizer.path is None and hf is None and not trained.is_file():
         log.info("training a %d-token BPE on the training sequence (tokenizer.path=null; "
                  "once per run) ...", cfg.tokenizer.vocab_size)  # fmt: skip
-    tokenizer = make_tokenizer(cfg.tokenizer, genome, run_dir) if world.is_main else None
+    tokenizer = make_tokenizer(cfg.tokenizer, genome, run_dir, hf) if world.is_main else None
     barrier(world)
-    return make_tokenizer(cfg.tokenizer, genome, run_dir) if tokenizer is None else tokenizer
+    return make_tokenizer(cfg.tokenizer, genome, run_dir, hf) if tokenizer is None else tokenizer
 
 
 def start_run(seed: int, t: TrainerOptions, run_dir: Path) -> tuple[World, torch.dtype | None]:

@@ -185,7 +185,8 @@ def _fill(group: h5py.Group, n: int, dtype: np.dtype, blocks: Iterator[tuple[int
     datasets = {}
     for name, (shape, base) in fields.items():
         row_bytes = base.itemsize * int(np.prod(shape))
-        chunk = (max(1, min(n, _CHUNK_BYTES // row_bytes)), *shape)
+        # a field without values (the memory of a model run without memory) has no chunks
+        chunk = (max(1, min(n, _CHUNK_BYTES // row_bytes)), *shape) if row_bytes else None
         datasets[name] = group.create_dataset(name, (n, *shape), base, chunks=chunk)
     row = 0
     for chrom_index, strand, rows in blocks:

@@ -16,9 +16,9 @@ from hydra import compose, initialize_config_module
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.fits import crossover, linear_fit
+from benchmarks.fits import crossover, fits, linear_fit
 from benchmarks.options import BenchOptions
-from benchmarks.points import METHODS, Point
+from benchmarks.points import DEFAULT_METHODS, METHODS, Point
 from benchmarks.report import summarize
 from benchmarks.segments import plan, project, run_bench, skip_reason
 from benchmarks.workloads import build
@@ -100,7 +100,7 @@ def test_toy_run_writes_a_record_per_point_and_reports(tmp_path):
     options = bench_config(["segments.infer=[1,2]", "segments.train=[1,2]"])
     records = run_bench(options, tmp_path)
     assert sorted((r["method"], r["segments"]) for r in records) == sorted(
-        (m, n) for m in METHODS for n in (1, 2)
+        (m, n) for m in DEFAULT_METHODS for n in (1, 2)
     )
     for record in records:
         assert record["status"] == "ok", record
@@ -118,12 +118,29 @@ def test_toy_run_writes_a_record_per_point_and_reports(tmp_path):
     assert env["matmul_flops_per_s"] > 0 and env["device"] == "cpu" and env["torch"]
     document = json.loads((tmp_path / "fits.json").read_text())
     (group,) = document["groups"].values()
-    assert set(group["methods"]) == set(METHODS)
+    assert set(group["methods"]) == set(DEFAULT_METHODS)
     assert set(group["slope_ratios"]["rmt_infer"]) <= {"naive_infer", "whole_infer", "bert_infer"}
     table = (tmp_path / "fits.md").read_text()
-    assert all(f"| {m} |" in table for m in METHODS if m != "rmt_truncated")
+    assert all(f"| {m} |" in table for m in DEFAULT_METHODS if m != "rmt_truncated")
     assert "| rmt_truncated (k=0) |" in table  # its depth in its name
     assert (tmp_path / "infer.png").stat().st_size > 0 and (tmp_path / "train.png").exists()
+
+
+@pytest.mark.slow
+def test_hf_encoder_points_run_and_report_beside_the_native_ones(tmp_path):
+    """Opt-in methods: the runner around a transformers BertModel, compared per segment."""
+    methods = ["rmt_infer", "hf_rmt_infer", "rmt_full", "hf_rmt_train"]
+    overrides = [f"methods=[{','.join(methods)}]", "segments.infer=[1,2]", "segments.train=[1,2]"]
+    records = run_bench(bench_config(overrides), tmp_path)
+    points = [(m, n) for m in methods for n in (1, 2)]
+    assert [(r["method"], r["segments"]) for r in records] == points
+    for record in records:
+        assert record["status"] == "ok", record
+        assert 0 < record["mfu"] < 1 and record["step_peak_delta_mb"] >= 0
+    (group,) = json.loads((tmp_path / "fits.json").read_text())["groups"].values()
+    assert set(group["methods"]) == set(methods)
+    table = (tmp_path / "fits.md").read_text()
+    assert "| hf_rmt_infer |" in table and "| hf_rmt_train |" in table
 
 
 @pytest.mark.slow
@@ -213,6 +230,19 @@ def test_projection_and_skip_rule():
     failed = [{"method": "whole_train", "segments": 2, "status": "failed: exit code -9"}]
     reason = skip_reason(failed, toy_point("whole_train", 4), options)
     assert reason == "skipped: a smaller point failed"
+
+
+def test_the_native_rmt_is_compared_with_the_hf_encoder_at_the_same_shape():
+    def record(method, n, seconds):
+        return {"method": method, "segments": n, "status": "ok", "median_s": seconds}
+
+    methods = {"rmt_infer": 1.0, "hf_rmt_infer": 4.0, "rmt_full": 3.0, "hf_rmt_train": 2.0}
+    records = [record(m, n, s * n) for m, s in methods.items() for n in (1, 2, 4)]
+    for r in records:
+        r["step_peak_delta_mb"] = 1.0
+    ratios = fits(records)["slope_ratios"]
+    assert ratios["rmt_infer"] == {"hf_rmt_infer": pytest.approx(0.25)}
+    assert ratios["rmt_full"] == {"hf_rmt_train": pytest.approx(1.5)}
 
 
 def test_crossover_reports_where_recurrence_wins():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 
 import pytest
 import torch
@@ -67,9 +68,11 @@ def small_runner(vocab_size: int, memory_tokens: int = 2):
 def test_a_model_that_needs_its_memory_gains_clearly(one_thread):
     tokenizer = NucleotideTokenizer()
     runner = small_runner(tokenizer.vocab_size)
-    optimizer = torch.optim.AdamW(runner.parameters(), lr=3e-2)
+    # lr 3e-3: at 1e-2 and above some CPUs' rounding sends every seed to the memoryless
+    # optimum (loss log 4), where the memory gain is exactly 0.
+    optimizer = torch.optim.AdamW(runner.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
-    for _ in range(150):
+    for _ in range(250):
         batch = two_base_batch(tokenizer, generator, 32)
         loss = runner(batch.input_ids, batch.attention_mask, batch.labels).loss
         optimizer.zero_grad()
@@ -79,8 +82,10 @@ def test_a_model_that_needs_its_memory_gains_clearly(one_thread):
     heldout = two_base_batch(tokenizer, torch.Generator().manual_seed(1), 64)
     with torch.no_grad():
         result = summarize(window_scores(runner, heldout), "all", False, True)
-    # At most log 4 - log 2 = 0.69 nats: the memory tells which two bases are in play.
-    assert 0.3 < result["memory_gain"] < 1.0
+    # The memory tells which two bases are in play: a loss well under log 4 (log 2 at
+    # best), which resetting the memory loses again.
+    assert result["loss"] < math.log(4) - 0.3
+    assert result["memory_gain"] > 0.3
     assert result["memory_gain"] > 5 * result["memory_gain_se"]
     # Segment 1 is unscored here, so the gain is the whole loss difference.
     assert result["memory_gain"] == pytest.approx(result["loss_memory_reset"] - result["loss"])
@@ -177,8 +182,9 @@ def test_eval_json_equals_a_direct_computation(tmp_path, one_thread):
     gain = float(d.sum() / c.sum())
     n = len(c)
     se = float(((d - gain * c) ** 2).sum().sqrt() / c.sum() * (n / (n - 1)) ** 0.5)
-    assert final["memory_gain"] == pytest.approx(gain, rel=1e-4, abs=1e-7)
-    assert final["memory_gain_se"] == pytest.approx(se, rel=1e-4)
+    # A difference of two ~5-nat fp32 sums: machines' SIMD paths differ in the 7th digit.
+    assert final["memory_gain"] == pytest.approx(gain, rel=1e-4, abs=1e-6)
+    assert final["memory_gain_se"] == pytest.approx(se, rel=1e-3, abs=1e-6)
     assert final["loss_memory_reset"] == pytest.approx(float(alone.sum() / counts.sum()), rel=1e-5)
     assert final["segments"] == 2 and final["unigram_loss"] > 0
     # benchmarks/memory_gain.py turns the same run into the figures a README quotes.

@@ -193,9 +193,7 @@ def test_truncated_depth_is_settable_between_calls():
 
 def test_replay_keeps_dropout_masks_identical_in_the_recomputation():
     torch.manual_seed(0)
-    config = EncoderConfig(
-        vocab_size=VOCAB, d_model=D, n_layers=2, n_heads=2, dropout=0.2
-    )
+    config = EncoderConfig(vocab_size=VOCAB, d_model=D, n_layers=2, n_heads=2, dropout=0.2)
     encoder = Encoder(config)
     runner = MemoryRunner(encoder, MEM, SEG, head=MLMHead(D, VOCAB, encoder.embed_tokens)).double()
     ids, labels = random_batch(2, 3)

@@ -24,7 +24,10 @@ outputs. A rerun with a different configuration refuses unless ``overwrite=true`
 N runs are not scored (``gaps``). ``data.fasta`` defaults to the FASTA the model was
 trained on. One process at a time writes into OUT (``rmt.lock``); the checkpoint, FASTA,
 regions and model are all loaded before OUT is touched, so a run that cannot start
-claims nothing.
+claims nothing. ``checkpoint`` may also be a local Hugging Face encoder directory
+(GENA-LM, a BERT saved with ``save_pretrained`` beside its tokenizer.json): it runs
+segment by segment with no memory (none was trained), wrapped as ``hf.*`` says; its
+tracks need the BERT masked-LM head in its weights, else only embeddings are written.
 
 The package, in the order a run goes through it:
 

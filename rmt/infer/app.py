@@ -10,6 +10,7 @@ from the saved state when there is one), assembles the outputs and writes the su
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ from tqdm import tqdm
 from data import DNATokenizer, Genome
 from rmt.checkpoint import load_model, resolve_checkpoint
 from rmt.cli import autocast_dtype, pick_device, user_errors, write_json
+from rmt.data_config import hf_tokenizer
+from rmt.hf_encoder import mlm_head_weights
+from rmt.hf_runner import hf_runner, is_hf_encoder_dir
 from rmt.infer.options import PROGRAM, InferOptions, infer_options
 from rmt.infer.outputs import (
     PLAN,
@@ -40,8 +44,10 @@ from rmt.infer.plan import Plan, check_token_embeddings, infer_fasta, load_plan,
 from rmt.infer.stream import Streamer
 from rmt.install import CONFIG_PATH
 from rmt.lock import RunLock
+from rmt.option_errors import check
 from rmt.runner import MemoryRunner
 
+log = logging.getLogger(__name__)
 COORDINATES = "0-based half-open, forward strand; strand -1 = reverse complement"
 
 
@@ -62,15 +68,43 @@ def load_inputs(options: InferOptions) -> Inputs:
     out = Path(options.output)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output={out} is a file, not a directory: choose a directory")
-    checkpoint = resolve_checkpoint(options.checkpoint)
+    bare = is_hf_encoder_dir(options.checkpoint)
+    checkpoint = Path(options.checkpoint) if bare else resolve_checkpoint(options.checkpoint)
     fasta = infer_fasta(options.data.fasta, checkpoint)
     genome = Genome(fasta, cache_dir=options.data.cache_dir)
     check_token_embeddings(options, resolve_regions(genome, options.regions))
     if options.threads:
         torch.set_num_threads(options.threads)
     device = pick_device(options.device)
-    runner, tokenizer = load_model(checkpoint, device, options.kernels)
+    if bare:
+        runner, tokenizer = hf_model(options, checkpoint, device)
+    else:
+        runner, tokenizer = load_model(checkpoint, device, options.kernels)
+    check(runner.head is not None or not options.tracks.masked_stride, "tracks.masked_stride",
+          options.tracks.masked_stride, f"needs an MLM head and the model in {checkpoint} has "
+          "none: use tracks.masked_stride=0 (embeddings only)")  # fmt: skip
     return Inputs(checkpoint, fasta, genome, runner, tokenizer, device)
+
+
+def hf_model(
+    options: InferOptions, path: Path, device: torch.device
+) -> tuple[MemoryRunner, DNATokenizer]:
+    """A bare HF encoder, run segment by segment without memory (none was trained), with
+    the longest segments its positions hold; its MLM head only if the weights hold one (an
+    untrained head's scores would mean nothing), else embeddings only."""
+    tokenizer, hf = hf_tokenizer(path, "checkpoint"), options.hf
+    runner = hf_runner(
+        path, tokenizer, {"memory_tokens": 0, "segment_tokens": None}, hf.layout,
+        hf.attn_implementation, hf.trust_remote_code, kernels=options.kernels,
+    )  # fmt: skip
+    if not mlm_head_weights(path):
+        runner.head = None
+    log.warning(
+        "%s is a bare Hugging Face encoder: no memory was trained, so it runs with "
+        "memory_tokens=0, %d-token segments%s", path, runner.segment_tokens,
+        "" if runner.head is not None else ", embeddings only (it has no MLM head)",
+    )  # fmt: skip
+    return runner.to(device).eval(), tokenizer
 
 
 def run_inference(options: InferOptions) -> dict:
@@ -127,7 +161,7 @@ def assembly(options: InferOptions, streamer: Streamer, plan: Plan) -> Assembly:
         spool=streamer.spool,
         jobs=plan.jobs,
         chroms=list(dict.fromkeys((r.chrom, lengths[r.chrom]) for r in plan.regions)),
-        tracks=["logprob"] + (["masked"] if options.tracks.masked_stride else []),
+        tracks=tracks(options, runner),
         token_dtype=streamer.token_dtype,
         segment_dtype=streamer.segment_dtype,
         token_embeddings=options.embeddings.tokens,
@@ -138,6 +172,13 @@ def assembly(options: InferOptions, streamer: Streamer, plan: Plan) -> Assembly:
             "coordinates": COORDINATES,
         },
     )
+
+
+def tracks(options: InferOptions, runner: MemoryRunner) -> list[str]:
+    """The tracks written: the MLM head's scores, so none for a model without one."""
+    if runner.head is None:
+        return []
+    return ["logprob"] + (["masked"] if options.tracks.masked_stride else [])
 
 
 def make_summary(

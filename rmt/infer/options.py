@@ -17,6 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from kernels import BACKENDS
 from rmt.option_errors import at_least, check, to_options
+from rmt.option_groups import HFOptions
 
 PROGRAM = "rmt-infer"
 REQUIRED = ("checkpoint", "output")
@@ -109,6 +110,8 @@ class InferOptions:
     stream: StreamOptions = field(default_factory=StreamOptions)
     tracks: TracksOptions = field(default_factory=TracksOptions)
     embeddings: EmbeddingsOptions = field(default_factory=EmbeddingsOptions)
+    # how `checkpoint` is wrapped when it is a bare Hugging Face encoder directory
+    hf: HFOptions = field(default_factory=HFOptions)
     save_every: int = 32
     device: str = "auto"
     kernels: str = "auto"

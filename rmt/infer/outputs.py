@@ -1,10 +1,11 @@
 """The output directory: who owns it (run identity), spool files, and the final assembly.
 
 ``config.json`` records what the outputs depend on (the options less the neutral keys,
-and the checkpoint's and FASTA files' identities): a rerun with the same identity
-resumes, a different one is refused unless ``overwrite=true``. Each job spools to two
-files named by its index in the plan; ``assemble`` turns the spools into the tracks and
-the embeddings store (``rmt.writers``), each file written atomically.
+and the checkpoint's and FASTA files' identities; for a bare Hugging Face encoder
+directory, those of its config, tokenizer and weight files): a rerun with the same
+identity resumes, a different one is refused unless ``overwrite=true``. Each job spools
+to two files named by its index in the plan; ``assemble`` turns the spools into the
+tracks and the embeddings store (``rmt.writers``), each file written atomically.
 
 A claim counts once the run has a resume point (``state.pt``): a run that died before
 its first one (a bad value found late, a kill at start) produced nothing to keep, so the
@@ -28,6 +29,7 @@ import numpy as np
 
 from data import Encoding
 from rmt.cli import write_json
+from rmt.hf_runner import is_hf_encoder_dir
 from rmt.infer.options import InferOptions
 from rmt.infer.plan import Job
 from rmt.infer.score import Scores
@@ -43,6 +45,10 @@ OUTPUT_FILES = (CONFIG, PLAN, STATE, SUMMARY, STORE, "*.*.bedGraph", "*.*.bw")
 log = logging.getLogger(__name__)
 # Keys that change nothing in the outputs, so a rerun may change them and still resume.
 NEUTRAL_KEYS = ("output", "overwrite", "progress", "save_every")
+WEIGHTS = "model.safetensors"
+# The files of a bare HF encoder directory the model is read from (config, tokenizer,
+# weights in safetensors or PyTorch's format, a sharded index, remote code).
+HF_SUFFIXES = (".json", ".safetensors", ".bin", ".py")
 
 
 def _file_identity(path: Path) -> dict:
@@ -53,13 +59,21 @@ def _file_identity(path: Path) -> dict:
 def run_identity(options: InferOptions, checkpoint: Path, fasta: list[str]) -> dict:
     """What the outputs depend on: the options (less neutral keys) and the input files."""
     config = dataclasses.asdict(options)
-    for key in NEUTRAL_KEYS:
+    bare = is_hf_encoder_dir(checkpoint)
+    for key in NEUTRAL_KEYS + (() if bare else ("hf",)):  # `hf` wraps bare encoders only
         config.pop(key, None)
     return {
         "config": config,
-        "checkpoint": _file_identity(checkpoint / "model.safetensors"),
+        "checkpoint": _hf_identity(checkpoint) if bare else _file_identity(checkpoint / WEIGHTS),
         "fasta": [_file_identity(Path(p)) for p in fasta],
     }
+
+
+def _hf_identity(directory: Path) -> dict:
+    """The identities of the files a bare HF encoder is read from: no manifest ties them
+    to its weights, as a checkpoint's ties its config and tokenizer to model.safetensors."""
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in HF_SUFFIXES)
+    return {p.name: _file_identity(p) for p in files}
 
 
 def _differences(old, new, prefix: str = "") -> list[str]:

@@ -81,12 +81,16 @@ def score_step(
 ) -> Scores:
     """Run one segment per row (with ``masked_stride`` k, also the k masked passes).
 
-    The memory carried on is always the unmasked pass's.
+    The memory carried on is always the unmasked pass's. A runner without an MLM head
+    (a bare encoder, a fine-tuned model) scores no token: its log-probabilities are NaN.
     """
     device = batch.ids.device
     with torch.inference_mode(), torch.autocast(device.type, amp, enabled=amp is not None):
         out, new_memory = runner.step(batch.ids, memory, batch.mask)
-        logprob = runner.head.token_log_probs(out.hidden, batch.ids)
+        if runner.head is None:
+            logprob = torch.full(batch.ids.shape, torch.nan, device=device)
+        else:
+            logprob = runner.head.token_log_probs(out.hidden, batch.ids)
         masked = None
         if masked_stride:
             masked = masked_log_probs(runner, batch, memory, masked_stride, mask_id)

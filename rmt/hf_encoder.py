@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -34,6 +35,7 @@ HF_KEY = "hf"  # config.json's encoder entry holds the HF model's config under t
 LAYOUTS = ("cls_mem_sep", "cls_mem", "mem")
 # Models whose absolute positions start after the padding index (RoBERTa's convention).
 _PADDING_OFFSET = ("roberta", "xlm-roberta", "camembert", "esm")
+log = logging.getLogger(__name__)
 _DROPOUTS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout",
              "mlp_dropout", "embedding_dropout", "dropout")  # fmt: skip
 
@@ -206,11 +208,30 @@ def load_hf_encoder(
         options["attn_implementation"] = attn_implementation
     # fp32 whatever dtype it was saved in: the runner's memory and heads are fp32, and
     # training keeps fp32 weights (autocast computes in bf16)
-    model = AutoModel.from_pretrained(path, dtype=torch.float32, **options)
+    model = _quietly_loaded(AutoModel, path, dtype=torch.float32, **options)
     config = hf_encoder_config(
         hf_config, tokenizer, layout, trust_remote_code=trust_remote_code, source=str(path)
     )
     return HFEncoder(model, config)
+
+
+def _quietly_loaded(auto_class, path: Path, **options) -> nn.Module:
+    """`from_pretrained` without transformers' load report, which calls the unused pooler
+    "missing" and a masked-LM head "unexpected"; one warning instead for encoder weights
+    the directory lacks (they start untrained)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = auto_class.from_pretrained(path, output_loading_info=True, **options)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = [k for k in info.get("missing_keys", ()) if not k.startswith("pooler.")]
+    if missing:
+        log.warning("%s lacks %d of the encoder's weights, which start untrained: %s",
+                    path, len(missing), ", ".join(sorted(missing)[:4]))  # fmt: skip
+    return model
 
 
 def hf_encoder_from_dict(values: dict) -> HFEncoder:

@@ -17,6 +17,7 @@ import torch
 from data import DNATokenizer
 from rmt.api_memory import check_memory_mode
 from rmt.checkpoint import load_model
+from rmt.hf_runner import bare_hf_model, is_hf_encoder_dir
 from rmt.runner import MemoryRunner
 from rmt.state import BEST
 
@@ -76,10 +77,16 @@ class PretrainedModel:
     ):
         """Load a checkpoint directory or a run directory: a fine-tuning run's best model
         (checkpoints/best, the one its test.json scores), else the run's newest intact
-        checkpoint. `options` go to the constructor (memory=, both_strands=, ...)."""
+        checkpoint; or a bare Hugging Face encoder directory (GENA-LM's, say), run without
+        memory (`rmt.hf_runner.bare_hf_model`). `options` go to the constructor (memory=,
+        both_strands=, ...)."""
         best = Path(path) / "checkpoints" / BEST
-        chosen = best if (best / "config.json").is_file() else path
-        runner, tokenizer = load_model(chosen, device=device, kernels=kernels)
+        if is_hf_encoder_dir(path):
+            runner, tokenizer = bare_hf_model(path, kernels=kernels, key="path")
+            runner.to(device)
+        else:
+            chosen = best if (best / "config.json").is_file() else path
+            runner, tokenizer = load_model(chosen, device=device, kernels=kernels)
         return cls(runner, tokenizer, source=str(path), **options)
 
     @property

@@ -104,6 +104,13 @@ def infer() -> None:
     run_app(main, "rmt-infer")
 
 
+def score() -> None:
+    """rmt-score"""
+    from rmt.score import main
+
+    run_app(main, "rmt-score")
+
+
 def tokenizer() -> None:
     """rmt-tokenizer"""
     from rmt.tokenizer_cli import main

@@ -15,7 +15,9 @@ import logging
 import os
 from pathlib import Path
 
+from data import DNATokenizer
 from rmt.checkpoint import HF_MODEL_TYPE, mlm_head
+from rmt.data_config import hf_tokenizer
 from rmt.heads import MLMHead
 from rmt.hf_encoder import HFEncoder, load_hf_encoder, mlm_head_weights
 from rmt.runner import MemoryRunner
@@ -102,7 +104,31 @@ def hf_runner(
     return MemoryRunner(encoder, head=pretrained_mlm_head(encoder, path, kernels), **options)
 
 
+def bare_hf_model(
+    path: str | os.PathLike,
+    layout: str = "cls_mem_sep",
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+    kernels: str = "auto",
+    key: str = "checkpoint",
+) -> tuple[MemoryRunner, DNATokenizer]:
+    """A bare HF encoder directory for inference: no memory (none was trained), the
+    longest segments its positions hold, its MLM head only if the weights hold one (an
+    untrained head's scores would mean nothing), and its tokenizer.json. `key` names
+    where the directory was given, for errors."""
+    path = Path(path)
+    tokenizer = hf_tokenizer(path, key)
+    runner = hf_runner(
+        path, tokenizer, {"memory_tokens": 0, "segment_tokens": None}, layout,
+        attn_implementation, trust_remote_code, kernels=kernels,
+    )  # fmt: skip
+    if not mlm_head_weights(path):
+        runner.head = None
+    return runner.eval(), tokenizer
+
+
 __all__ = [
+    "bare_hf_model",
     "fitting_segment_tokens",
     "hf_runner",
     "is_hf_encoder_dir",

@@ -47,7 +47,7 @@ def the_error(proc: subprocess.CompletedProcess, program: str) -> str:
 
 
 TRAIN, INFER, TOKENIZER, BENCH = "rmt-train", "rmt-infer", "rmt-tokenizer", "rmt-bench"
-FINETUNE = "rmt-finetune"
+FINETUNE, SCORE = "rmt-finetune", "rmt-score"
 CASES = {
     "wrong type": (TRAIN, ["memory.memory_tokens=abc"], f"memory.memory_tokens=abc: {INT}"),
     "wrong type, --cfg job": (
@@ -69,6 +69,7 @@ CASES = {
     "malformed override": (TRAIN, ["trainer.lr=[1"], "cannot parse the override 'trainer.lr=[1'"),
     "no equals sign": (TRAIN, ["trainer"], "cannot parse the override 'trainer': write key=value"),
     "rmt-infer": (INFER, ["strnd=both"], "unknown key strnd; did you mean strand?"),
+    "rmt-score": (SCORE, ["strnd=both"], "unknown key strnd; did you mean strand?"),
     "rmt-tokenizer": (TOKENIZER, ["tokenizer.vocab_size=big"], f"tokenizer.vocab_size=big: {INT}"),
     "rmt-bench": (BENCH, ["batch_size=two"], f"batch_size=two: {INT}"),
     "rmt-finetune": (FINETUNE, ["task=sequence_clasification"],
@@ -77,7 +78,7 @@ CASES = {
 }  # fmt: skip
 ENTRIES = {
     TRAIN: entry.train, INFER: entry.infer, TOKENIZER: entry.tokenizer, BENCH: entry.bench,
-    FINETUNE: entry.finetune,
+    FINETUNE: entry.finetune, SCORE: entry.score,
 }  # fmt: skip
 
 

@@ -25,6 +25,7 @@ from transformers import BertForMaskedLM, BertModel
 
 from data import BPETokenizer, Genome
 from rmt import load_model
+from rmt.api import Embed
 from rmt.finetune import finetune
 from rmt.finetune_options import finetune_options
 from rmt.hf_runner import hf_runner, is_hf_encoder_dir
@@ -306,3 +307,18 @@ def test_a_model_saved_in_bf16_is_trained_in_fp32(lambda_tokenizer, tmp_path):
     ids = torch.as_tensor(lambda_tokenizer.encode("GATTACACCGT" * 12).ids[:32])[None]
     runner(ids, labels=ids).loss.backward()
     assert runner.memory.weight.grad.abs().sum() > 0
+
+
+def test_embed_reads_a_bare_hf_directory_without_memory(encoder_only_dir, lambda_tokenizer):
+    """rmt.api: GENA-LM-style embeddings of a long sequence straight from the HF directory."""
+    embed = Embed.from_pretrained(encoder_only_dir, tokens=True)
+    assert embed.runner.memory_tokens == 0 and embed.runner.head is None
+    seq = "GATTACACCGT" * 60  # several of the longest segments its positions hold
+    ids = torch.as_tensor(lambda_tokenizer.encode(seq).ids)
+    s = embed.runner.segment_tokens
+    assert len(ids) > 2 * s
+    bert = BertModel.from_pretrained(encoder_only_dir, local_files_only=True).eval()
+    with torch.no_grad():
+        want = bert(input_ids=with_specials(ids[s : 2 * s][None], lambda_tokenizer))
+    got = embed.predict([seq]).tokens[0][s : 2 * s]  # the second segment, on its own
+    np.testing.assert_allclose(got, want.last_hidden_state[0, 1:-1].numpy(), atol=1e-5)

@@ -98,6 +98,7 @@ def test_configs_are_found_by_absolute_path(tmp_path: Path) -> None:
     [
         ("rmt-train", "model=small", "d_model: 512"),
         ("rmt-infer", "batch_size=3", "batch_size: 3"),
+        ("rmt-score", "batch_size=3", "batch_size: 3"),
         ("rmt-bench", "batch_size=3", "batch_size: 3"),
         ("rmt-tokenizer", "tokenizer.vocab_size=300", "vocab_size: 300"),
         ("rmt-finetune", "task=token_classification", "kind: token_classification"),

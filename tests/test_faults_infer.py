@@ -179,7 +179,8 @@ def test_a_claim_that_never_reached_a_resume_point_does_not_count(
     out = tmp_path / "out"
     failed = cli(*args(checkpoint, out, fasta=str(gapped)))
     one_line_error(failed, "regions gap:1-500 hold only N", "choose regions with sequence")
-    assert not (out / "state.pt").exists() and hidden(out) == []
+    assert not (out / "state.pt").exists() and not (out / "spool").exists()
+    assert hidden(out) == []
     summary = infer(*args(checkpoint, out, "regions=[NC_001416.1:1-3000]"))  # no overwrite=
     assert summary["fasta"] == [str(bundled_genome("lambda"))]
 
@@ -212,7 +213,7 @@ def test_a_full_disk_at_assembly_is_refused_then_resumes_to_identical_outputs(ch
         proc = cli(*args(checkpoint, out))
         line = one_line_error(proc, f"{out / 'logprob.plus.bw'}: No space left on device")
         assert "bytes free, the tracks may need" in line
-        assert hidden(out) == [] and (out / "state.pt").exists() and (out / "spool").is_dir()
+        assert hidden(out) == [] and (out / "spool" / "shard-0000.pt").exists()
         subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)  # freed
         summary = infer(*args(checkpoint, out))
         assert summary["runs"] == 2

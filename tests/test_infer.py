@@ -241,7 +241,7 @@ def test_a_killed_run_resumes_to_byte_identical_outputs(checkpoint, tmp_path, fa
     command += overrides(checkpoint, killed, fasta_cache_dir, *args)
     proc = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not (killed / "state.pt").exists() and proc.poll() is None:
+    while not (killed / "spool" / "shard-0000.pt").exists() and proc.poll() is None:
         assert time.monotonic() < deadline, "no resume state appeared"
         time.sleep(0.01)
     time.sleep(0.2)
@@ -322,9 +322,9 @@ def test_the_slots_memory_is_preallocated_and_empty_slots_are_skipped(
     )
     runner, tokenizer = load_model(checkpoint)
     genome = Genome([str(three_records)], cache_dir=fasta_cache_dir)
-    jobs = plan_jobs(options, genome, tokenizer, runner.segment_tokens).jobs
+    plan = plan_jobs(options, genome, tokenizer, runner.segment_tokens)
     cpu = torch.device("cpu")
-    streamer = Streamer(options, runner, tokenizer, genome, jobs, tmp_path, cpu, None)
+    streamer = Streamer(options, runner, tokenizer, genome, plan, 0, tmp_path, cpu, None)
     storage, shape = streamer.memory.data_ptr(), streamer.memory.shape
     occupied = []
     while streamer.step() is not None:

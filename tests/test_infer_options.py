@@ -43,6 +43,7 @@ def test_options_keep_the_yaml_keys_and_accept_bare_strings():
         ("threads=0", "threads=0 must be >= 1"),
         ("parallel.streams=0", "parallel.streams=0 must be >= 1"),
         ("parallel.burn_in=-1", "parallel.burn_in=-1 must be >= 0"),
+        ("parallel.shards=0", "parallel.shards=0 must be >= 1"),
         ("stream.chunk_bp=0", "stream.chunk_bp=0 must be >= 1"),
         ("stream.margin_bp=-5", "stream.margin_bp=-5 must be >= 0"),
         ("tracks.masked_stride=-1", "tracks.masked_stride=-1 must be >= 0"),

@@ -3,6 +3,8 @@
     rmt-infer checkpoint=runs/x output=out/                      # every record, + strand
     rmt-infer checkpoint=runs/x data.fasta='[genome.fa.gz]' regions='[chr1:1-100000]' \\
               strand=both tracks.masked_stride=4 output=out/
+    torchrun --no-python --nproc_per_node=4 rmt-infer checkpoint=runs/x output=out/ \\
+              parallel.shards=4 parallel.streams=32                # one rank per GPU
 
 From Python: ``run_inference(InferOptions(checkpoint=..., output=...))`` returns the summary.
 
@@ -18,13 +20,18 @@ an unmasked pass; ``masked.*`` with ``tracks.masked_stride=k``: a pseudo-log-lik
 from k passes, each masking every k-th token), ``embeddings.h5`` (per segment: mean-pooled
 hidden state and the memory after it; optionally per token) and ``summary.json``.
 Outputs are spooled to ``OUT/spool/`` as they are produced and assembled at the end
-(``rmt.writers``). Every ``save_every`` steps a resume state is written atomically; a
-killed run rerun with the same command continues from it and ends with byte-identical
-outputs. A rerun with a different configuration refuses unless ``overwrite=true``.
+(``rmt.writers``). The jobs are divided into ``parallel.shards`` shards, balanced by bp,
+each streamed in batch slots of its own; under torchrun the ranks divide the shards
+(``rmt.infer.ranks``) and rank 0 assembles, so N ranks write the bytes one process
+writes (the shards decide the outputs, the ranks only where each runs). Every
+``save_every`` steps a shard's resume state is written atomically; a killed run rerun
+with the same command, under any number of ranks up to the shards, continues every
+shard from its own and ends with byte-identical outputs. A rerun with a different
+configuration refuses unless ``overwrite=true``.
 N runs are not scored (``gaps``). ``data.fasta`` defaults to the FASTA the model was
-trained on. One process at a time writes into OUT (``rmt.lock``); the checkpoint, FASTA,
-regions and model are all loaded before OUT is touched, so a run that cannot start
-claims nothing. ``checkpoint`` may also be a local Hugging Face encoder directory
+trained on. One run at a time writes into OUT (``rmt.lock``, held by rank 0); the
+checkpoint, FASTA, regions and model are all loaded before OUT is touched, so a run
+that cannot start claims nothing. ``checkpoint`` may also be a local Hugging Face encoder directory
 (GENA-LM, a BERT saved with ``save_pretrained`` beside its tokenizer.json): it runs
 segment by segment with no memory (none was trained), wrapped as ``hf.*`` says; its
 tracks need the BERT masked-LM head in its weights, else only embeddings are written.
@@ -32,11 +39,14 @@ tracks need the BERT masked-LM head in its weights, else only embeddings are wri
 The package, in the order a run goes through it:
 
 - ``options``: ``InferOptions``, the typed and validated conf/infer.yaml;
-- ``plan``: the FASTA, and regions -> jobs (a stretch on one strand, or a part), saved once;
+- ``plan``: the FASTA, regions -> jobs (a stretch on one strand, or a part) -> shards,
+  saved once;
 - ``gaps``: the regions' N runs, left out of the jobs;
-- ``stream``: jobs through the model in fixed batch slots, spooled, resumable;
+- ``ranks``: the shards a rank runs, and where the ranks of a torchrun meet;
+- ``stream``: a shard's jobs through the model in fixed batch slots, spooled, resumable;
 - ``score``: one batched step: log-probabilities (plain and masked), pooled states;
 - ``outputs``: the output directory's identity, spool rows, the final assembly;
+- ``summary``: the shards' counters merged, summary.json;
 - ``app``: ``run_inference`` and the Hydra ``main``.
 """
 

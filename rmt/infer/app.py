@@ -1,16 +1,20 @@
 """rmt-infer's entry points: options -> inputs -> plan -> stream (fixed batch slots) -> outputs.
 
 ``main`` (the Hydra app) converts the config once (``infer_options``); ``run_inference``
-takes the typed options, loads and checks every input (checkpoint, FASTA, regions,
-model) before it touches the output directory, so a run that cannot start claims
-nothing; then, holding the directory's lock, it claims it, streams every job (resuming
-from the saved state when there is one), assembles the outputs and writes the summary.
+takes the typed options, joins the launcher's ranks (one process: a world of one), loads
+and checks every input (checkpoint, FASTA, regions, model) before it touches the output
+directory, so a run that cannot start claims nothing; then rank 0, holding the
+directory's lock, claims it and plans; every rank streams its shards (each resuming
+from its saved state when there is one); rank 0 assembles the outputs and writes the
+summary (``rmt.infer.ranks``: where the ranks meet).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -23,7 +27,7 @@ from tqdm import tqdm
 
 from data import DNATokenizer, Genome
 from rmt.checkpoint import load_model, resolve_checkpoint
-from rmt.cli import autocast_dtype, pick_device, user_errors, write_json
+from rmt.cli import autocast_dtype, user_errors, write_json
 from rmt.data_config import hf_tokenizer
 from rmt.hf_encoder import mlm_head_weights
 from rmt.hf_runner import hf_runner, is_hf_encoder_dir
@@ -38,10 +42,15 @@ from rmt.infer.outputs import (
     errors_name,
     prepare_output,
     remove_stale_temps,
+    row_dtypes,
     run_identity,
+    shard_state,
+    write_state,
 )
 from rmt.infer.plan import Plan, check_token_embeddings, infer_fasta, load_plan, resolve_regions
+from rmt.infer.ranks import Ranks
 from rmt.infer.stream import Streamer
+from rmt.infer.summary import make_summary, merge_stats
 from rmt.install import CONFIG_PATH
 from rmt.lock import RunLock
 from rmt.option_errors import check
@@ -63,8 +72,9 @@ class Inputs:
     device: torch.device
 
 
-def load_inputs(options: InferOptions) -> Inputs:
-    """The checkpoint, FASTA, regions and model, or the user error that stops the run."""
+def load_inputs(options: InferOptions, device: torch.device) -> Inputs:
+    """The checkpoint, FASTA, regions and model on ``device``, or the user error that
+    stops the run."""
     out = Path(options.output)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output={out} is a file, not a directory: choose a directory")
@@ -73,9 +83,6 @@ def load_inputs(options: InferOptions) -> Inputs:
     fasta = infer_fasta(options.data.fasta, checkpoint)
     genome = Genome(fasta, cache_dir=options.data.cache_dir)
     check_token_embeddings(options, resolve_regions(genome, options.regions))
-    if options.threads:
-        torch.set_num_threads(options.threads)
-    device = pick_device(options.device)
     if bare:
         runner, tokenizer = hf_model(options, checkpoint, device)
     else:
@@ -107,68 +114,135 @@ def hf_model(
     return runner.to(device).eval(), tokenizer
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What rank 0 tells every rank once it holds the output: the plan (None: the outputs
+    are complete already) and this launch's name among the attempts."""
+
+    plan: Plan | None
+    attempt: str
+
+
 def run_inference(options: InferOptions) -> dict:
     """Stream the configured regions through the model into ``options.output``; the summary."""
     started = time.perf_counter()
-    inputs = load_inputs(options)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    ranks = Ranks.join(options.device)
+    check_ranks(options, ranks.world.world_size)
+    inputs = load_inputs(options, ranks.world.device)
     out = Path(options.output)
-    with errors_name(out), RunLock(out, PROGRAM):
-        remove_stale_temps(out)
-        identity = run_identity(options, inputs.checkpoint, inputs.fasta)
-        prepare_output(out, identity, options.overwrite)
-        state = torch.load(out / STATE, weights_only=True) if (out / STATE).exists() else None
-        if state is None or not state.get("done"):
-            run_jobs(options, inputs, state, started)
-        shutil.rmtree(out / SPOOL, ignore_errors=True)
-        return json.loads((out / SUMMARY).read_text())
+    with errors_name(out), contextlib.ExitStack() as held:
+        claim = ranks.on_main(lambda: claim_output(options, inputs, held))
+        if claim.plan is not None:
+            stream_shards(options, inputs, claim, ranks, started)
+            ranks.wait_for_all()
+        return ranks.on_main(lambda: finish(options, inputs, claim, ranks, started))
 
 
-def run_jobs(options: InferOptions, inputs: Inputs, state: dict | None, started: float) -> None:
-    """Stream every job (from ``state`` when resuming), then write the final outputs."""
-    out, runner, tokenizer, genome = (
-        Path(options.output),
-        inputs.runner,
-        inputs.tokenizer,
-        inputs.genome,
-    )
-    plan = load_plan(out / PLAN, options, genome, tokenizer, runner.segment_tokens)
+def check_ranks(options: InferOptions, world_size: int) -> None:
+    """Refuse more ranks than shards: the shards are what ranks divide."""
+    shards = options.parallel.shards
+    if world_size > shards:
+        raise ValueError(
+            f"{world_size} ranks were launched for parallel.shards={shards}, so "
+            f"{world_size - shards} would have nothing to run: launch at most {shards} "
+            f"(torchrun --nproc_per_node={shards}), or set parallel.shards to a multiple of "
+            f"{world_size} (the outputs depend on the shards, never on the number of ranks)"
+        )
+
+
+def claim_output(options: InferOptions, inputs: Inputs, held: contextlib.ExitStack) -> Claim:
+    """Rank 0: lock the output directory (until ``held`` closes), claim it for this
+    configuration, and plan (or read the plan of the run being resumed)."""
+    out = Path(options.output)
+    held.enter_context(RunLock(out, PROGRAM))
+    remove_stale_temps(out)
+    prepare_output(out, run_identity(options, inputs.checkpoint, inputs.fasta), options.overwrite)
+    state = out / STATE
+    if state.exists() and torch.load(state, weights_only=True).get("done"):
+        return Claim(None, "")
+    segment_tokens = inputs.runner.segment_tokens
+    plan = load_plan(out / PLAN, options, inputs.genome, inputs.tokenizer, segment_tokens)
+    return Claim(plan, str(time.time_ns()))
+
+
+def stream_shards(
+    options: InferOptions, inputs: Inputs, claim: Claim, ranks: Ranks, started: float
+) -> None:
+    """Stream this rank's shards one after another, each from its saved state if any."""
+    plan, out = claim.plan, Path(options.output)
+    shard_bp = plan.shard_bp()
+    mine = ranks.my_shards(shard_bp)
     amp = autocast_dtype(options.precision, inputs.device)
-    streamer = Streamer(options, runner, tokenizer, genome, plan.jobs, out, inputs.device, amp)
-    if state is not None:
-        streamer.restore(state)
-    streamer.begin_attempt(started)
     progress = tqdm(
-        total=streamer.total_bp(), initial=streamer.stats["bp"], unit="bp", unit_scale=True,
-        disable=not options.progress, desc=PROGRAM, smoothing=0.05,
+        total=sum(shard_bp[k] for k in mine), unit="bp", unit_scale=True, smoothing=0.05,
+        disable=not options.progress or not ranks.world.is_main, desc=PROGRAM + ranks.label,
     )  # fmt: skip
+    for shard in mine:
+        streamer = Streamer(
+            options, inputs.runner, inputs.tokenizer, inputs.genome, plan, shard, out,
+            inputs.device, amp,
+        )  # fmt: skip
+        if restored := (path := shard_state(out, shard)).exists():
+            streamer.restore(torch.load(path, weights_only=True))
+        progress.update(streamer.stats["bp"])
+        if not (restored and streamer.finished):  # a shard without jobs saves its state too
+            run_shard(streamer, options.save_every, progress, claim, ranks, started)
+    progress.close()
+
+
+def run_shard(
+    streamer: Streamer, save_every: int, progress: tqdm, claim: Claim, ranks: Ranks,
+    started: float,
+) -> None:  # fmt: skip
+    """Stream a shard to its end, saving a resume point every ``save_every`` steps."""
+    streamer.begin_attempt(started, claim.attempt, ranks.world.world_size)
     while (bp := streamer.step()) is not None:
         progress.update(bp)
-        if streamer.stats["steps"] % options.save_every == 0:
+        if streamer.stats["steps"] % save_every == 0:
             streamer.save()
-    progress.close()
     streamer.save()
-    outputs = assemble(assembly(options, streamer, plan))
-    streamer.clock()
-    write_json(out / SUMMARY, make_summary(options, streamer, plan, inputs, outputs))
-    streamer.mark_done()
 
 
-def assembly(options: InferOptions, streamer: Streamer, plan: Plan) -> Assembly:
+def finish(
+    options: InferOptions, inputs: Inputs, claim: Claim, ranks: Ranks, started: float
+) -> dict:
+    """Rank 0, every shard streamed: the final outputs and summary (unless a finished
+    run is rerun), the spool removed; the summary."""
+    out = Path(options.output)
+    if claim.plan is not None:
+        shards = range(len(claim.plan.shards))
+        stats = [torch.load(shard_state(out, k), weights_only=True)["stats"] for k in shards]
+        outputs = assemble(assembly(options, inputs, claim.plan))
+        wall_s = time.perf_counter() - started
+        stats = merge_stats(stats, claim.attempt, wall_s, ranks.world.world_size)
+        sources = {"checkpoint": str(inputs.checkpoint), "fasta": inputs.fasta}
+        summary = make_summary(options, stats, claim.plan, sources, inputs.device, outputs)
+        write_json(out / SUMMARY, summary)
+        write_state(out / STATE, {"done": True, "stats": stats})
+    shutil.rmtree(out / SPOOL, ignore_errors=True)
+    return json.loads((out / SUMMARY).read_text())
+
+
+def assembly(options: InferOptions, inputs: Inputs, plan: Plan) -> Assembly:
     """What the final files are made of: the plan, the spools, the row formats."""
-    runner, lengths = streamer.runner, streamer.genome.lengths
+    runner, lengths, out = inputs.runner, inputs.genome.lengths, Path(options.output)
+    d = runner.encoder.config.d_model
+    token_dtype, segment_dtype = row_dtypes(options, d, runner.memory_tokens)
     return Assembly(
-        out=Path(options.output),
-        spool=streamer.spool,
+        out=out,
+        spool=out / SPOOL,
         jobs=plan.jobs,
         chroms=list(dict.fromkeys((r.chrom, lengths[r.chrom]) for r in plan.regions)),
         tracks=tracks(options, runner),
-        token_dtype=streamer.token_dtype,
-        segment_dtype=streamer.segment_dtype,
+        token_dtype=token_dtype,
+        segment_dtype=segment_dtype,
         token_embeddings=options.embeddings.tokens,
         attrs={
             "segment_tokens": runner.segment_tokens,
             "memory_tokens": runner.memory_tokens,
-            "d_model": runner.encoder.config.d_model,
+            "d_model": d,
             "coordinates": COORDINATES,
         },
     )
@@ -181,54 +255,13 @@ def tracks(options: InferOptions, runner: MemoryRunner) -> list[str]:
     return ["logprob"] + (["masked"] if options.tracks.masked_stride else [])
 
 
-def make_summary(
-    options: InferOptions, streamer: Streamer, plan: Plan, inputs: Inputs, outputs: list[str]
-) -> dict:
-    """summary.json: what was run, how much, how fast, in how much memory.
-
-    bp counts: ``region_bp`` is the regions' length (each base once), of which
-    ``bp_per_strand`` were scored on each strand and ``n_bp_skipped`` are N runs (not
-    scored); ``strand_bp`` sums the scored bp over the strands, what ``bp_per_s`` divides.
-    ``wall_s`` sums every attempt's time (``attempts``: a killed one up to its last
-    resume point), so a resumed run's rate is not overstated.
-    """
-    stats, device = streamer.stats, streamer.device
-    wall_s = stats["wall_s"]
-    counts = ("tokens", "segments", "burn_in_segments", "model_segments", "steps")
-    summary = {
-        "checkpoint": str(inputs.checkpoint),
-        "fasta": inputs.fasta,
-        "regions": [str(r) for r in plan.regions],
-        "strand": options.strand,
-        "streams": len(plan.jobs),
-        "region_bp": plan.region_bp,
-        "bp_per_strand": plan.scored_bp,
-        "n_bp_skipped": plan.region_bp - plan.scored_bp,
-        "strand_bp": stats["bp"],
-        **{key: stats[key] for key in counts},
-        "wall_s": round(wall_s, 3),
-        "attempts": [
-            {"wall_s": round(a["wall_s"], 3), "strand_bp": a["strand_bp"]}
-            for a in stats["attempts"]
-        ],
-        "runs": len(stats["attempts"]),
-        "model_s": round(stats["model_s"], 3),
-        "bp_per_s": round(stats["bp"] / wall_s, 1),
-        "tokens_per_s": round(stats["tokens"] / wall_s, 1),
-        "peak_rss_mb": round(streamer.peak_rss_mb(), 1),
-        "device": str(device),
-        "outputs": outputs,
-    }
-    if device.type == "cuda":
-        summary["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    return summary
-
-
 @hydra.main(config_path=CONFIG_PATH, config_name="infer", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     with user_errors(PROGRAM):
         options = infer_options(cfg)
         summary = run_inference(options)
+        if int(os.environ.get("RANK", "0")) != 0:  # the other ranks of a torchrun
+            return summary
         print(
             f"{PROGRAM}: wrote {options.output} ({summary['bp_per_strand']:,} bp on "
             f"{len(options.strands)} strand(s), {summary['n_bp_skipped']:,} bp of N skipped, "

@@ -48,16 +48,20 @@ class InferDataOptions:
 
 @dataclass
 class ParallelOptions:
-    """``parallel.*``: long regions split into parts, each warmed up ``burn_in`` segments."""
+    """``parallel.*``: long regions split into parts, each warmed up ``burn_in`` segments;
+    the jobs divided into ``shards``, each run in batch slots of its own (what a rank of
+    a torchrun takes), so the outputs depend on the shards and never on the ranks."""
 
     streams: int = 8
     min_bp: int = 400_000
     burn_in: int = 4
+    shards: int = 1
 
     def __post_init__(self) -> None:
         at_least("parallel.streams", self.streams, 1)
         at_least("parallel.min_bp", self.min_bp, 0)
         at_least("parallel.burn_in", self.burn_in, 0)
+        at_least("parallel.shards", self.shards, 1)
 
 
 @dataclass

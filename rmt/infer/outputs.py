@@ -7,7 +7,10 @@ identity resumes, a different one is refused unless ``overwrite=true``. Each job
 to two files named by its index in the plan; ``assemble`` turns the spools into the
 tracks and the embeddings store (``rmt.writers``), each file written atomically.
 
-A claim counts once the run has a resume point (``state.pt``): a run that died before
+Each shard (``rmt.infer.plan``) keeps its resume state in ``spool/shard-K.pt``, named by
+the shard rather than by the rank that runs it, so a rerun with another number of ranks
+finds every shard's state; ``state.pt`` marks the finished run. A claim counts once the
+run has a resume point (a shard's state, or the finished mark): a run that died before
 its first one (a bad value found late, a kill at start) produced nothing to keep, so the
 next run into the directory starts over whatever its configuration. Every file is
 written through ``atomic_path`` (``.NAME.PID.HEX.tmp`` beside NAME); the temp files a
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import logging
 import shutil
@@ -26,22 +30,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from data import Encoding
+from data.atomic import atomic_path
 from rmt.cli import write_json
 from rmt.hf_runner import is_hf_encoder_dir
 from rmt.infer.options import InferOptions
 from rmt.infer.plan import Job
 from rmt.infer.score import Scores
-from rmt.writers import Piece, write_store, write_tracks
+from rmt.writers import Piece, segment_dtype, token_dtype, write_store, write_tracks
 
 CONFIG, PLAN, STATE, SUMMARY, STORE = (
     "config.json", "plan.json", "state.pt", "summary.json", "embeddings.h5"
 )  # fmt: skip
 SPOOL = "spool"
 # What a run writes, as glob patterns: what ``overwrite`` clears, and whose temp files
-# (``.NAME.*.tmp``) a kill may leave behind.
+# (``.NAME.*.tmp``) a kill may leave behind; the shards' resume states, in the spool.
 OUTPUT_FILES = (CONFIG, PLAN, STATE, SUMMARY, STORE, "*.*.bedGraph", "*.*.bw")
+SHARD_STATES = "shard-*.pt"
 log = logging.getLogger(__name__)
 # Keys that change nothing in the outputs, so a rerun may change them and still resume.
 NEUTRAL_KEYS = ("output", "overwrite", "progress", "save_every")
@@ -97,6 +104,7 @@ def remove_stale_temps(out: Path) -> list[Path]:
     Only while holding ``out``'s lock: another writer's temp file looks like a dead one.
     """
     stale = [path for pattern in OUTPUT_FILES for path in out.glob(f".{pattern}.*.tmp")]
+    stale += (out / SPOOL).glob(f".{SHARD_STATES}.*.tmp")
     for path in stale:
         path.unlink(missing_ok=True)
     if stale:
@@ -115,7 +123,7 @@ def prepare_output(out: Path, identity: dict, overwrite: bool) -> None:
         old = json.loads(config.read_text())
         if old == identity and not overwrite:
             return
-        if not (out / STATE).exists():
+        if not has_resume_point(out):
             log.warning("%s: the run that claimed it never reached a resume point; "
                         "starting over", out)  # fmt: skip
         elif not overwrite:
@@ -128,6 +136,26 @@ def prepare_output(out: Path, identity: dict, overwrite: bool) -> None:
     write_json(config, identity)
 
 
+def shard_state(out: Path, shard: int) -> Path:
+    """Where shard ``shard`` keeps its resume state."""
+    return out / SPOOL / f"shard-{shard:04d}.pt"
+
+
+def has_resume_point(out: Path) -> bool:
+    """Whether a run into ``out`` got far enough to resume: a shard's state, or the end."""
+    return (out / STATE).exists() or any((out / SPOOL).glob(SHARD_STATES))
+
+
+def write_state(path: Path, state: dict) -> None:
+    """A resume state (or the finished mark), serialised in memory, then written
+    atomically: a full disk is an OSError naming no file (which the app reports), where
+    ``torch.save`` to a file would raise a RuntimeError."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getbuffer())
+
+
 @contextlib.contextmanager
 def errors_name(out: Path) -> Iterator[None]:
     """An OS error that names no file (a full disk mid-``write``) names ``out`` instead, so
@@ -138,6 +166,14 @@ def errors_name(out: Path) -> Iterator[None]:
         if err.filename is not None or err.errno is None:
             raise
         raise OSError(err.errno, err.strerror, str(out)) from err
+
+
+def row_dtypes(
+    options: InferOptions, d_model: int, memory_tokens: int
+) -> tuple[np.dtype, np.dtype]:
+    """The spools' rows: one per token, one per segment."""
+    store, tokens = options.embeddings.dtype, options.embeddings.tokens
+    return token_dtype(d_model, store, tokens), segment_dtype(d_model, memory_tokens, store)
 
 
 def spool_piece(job: Job, index: int, spool: Path) -> Piece:

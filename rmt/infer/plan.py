@@ -5,12 +5,20 @@ the stretches left become jobs. The plan is computed once per output directory a
 beside the outputs (``plan.json``), because splitting a long stretch into parts
 tokenizes it: a resumed run must not plan again, and planning again could only give
 the same plan.
+
+The jobs are divided into ``parallel.shards`` shards, balanced by bp. A shard streams its
+jobs through batch slots of its own, so each of its steps is the same batch wherever it
+runs: one process runs every shard in turn, the ranks of a torchrun divide them, and the
+outputs are the same bytes. (Dividing jobs among ranks directly would change which
+segments share a batch, and a segment padded beside a longer one does not get the same
+bits as alone.)
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -121,12 +129,40 @@ def open_stream(
     )  # fmt: skip
 
 
+def job_bp(jobs: list[Job]) -> list[int]:
+    """Each job's bp: its stretch's, shared evenly among the stretch's parts on its strand
+    (parts start at even fractions of its bp), so a stretch's parts sum to its bp."""
+    parts, seen, bp = Counter((j.chrom, j.start, j.strand) for j in jobs), Counter(), []
+    for job in jobs:
+        key = (job.chrom, job.start, job.strand)
+        i, n, length = seen[key], parts[key], job.end - job.start
+        seen[key] += 1
+        bp.append(length * (i + 1) // n - length * i // n)
+    return bp
+
+
+def balance(weights: list[int], bins: int) -> list[list[int]]:
+    """Indices of ``weights`` in ``bins`` bins of near-equal sums, each bin's in order.
+
+    Heaviest first into the lightest bin (ties: the lower index), so the result depends
+    on the weights and ``bins`` alone.
+    """
+    loads, members = [0] * bins, [[] for _ in range(bins)]
+    for i in sorted(range(len(weights)), key=lambda i: (-weights[i], i)):
+        lightest = min(range(bins), key=lambda b: (loads[b], b))
+        loads[lightest] += weights[i]
+        members[lightest].append(i)
+    return [sorted(m) for m in members]
+
+
 @dataclass(frozen=True)
 class Plan:
-    """The configured regions and the jobs that score them (N runs left out)."""
+    """The configured regions, the jobs that score them (N runs left out), and the
+    shards: the jobs' indices, divided."""
 
     regions: list[Region]
     jobs: list[Job]
+    shards: list[list[int]]
 
     @property
     def region_bp(self) -> int:
@@ -138,16 +174,22 @@ class Plan:
         """bp scored on each strand: the regions less their N runs."""
         return sum(end - start for _, start, end in {(j.chrom, j.start, j.end) for j in self.jobs})
 
+    def shard_bp(self) -> list[int]:
+        """bp each shard emits (estimated for a shard with some parts of a stretch only)."""
+        bp = job_bp(self.jobs)
+        return [sum(bp[i] for i in shard) for shard in self.shards]
+
     def to_dict(self) -> dict:
         return {
             "regions": [asdict(r) for r in self.regions],
             "jobs": [j.to_dict() for j in self.jobs],
+            "shards": self.shards,
         }
 
     @classmethod
     def from_dict(cls, values: dict) -> Plan:
         regions = [Region(**r) for r in values["regions"]]
-        return cls(regions, [Job.from_dict(j) for j in values["jobs"]])
+        return cls(regions, [Job.from_dict(j) for j in values["jobs"]], values["shards"])
 
 
 def plan_jobs(
@@ -170,7 +212,7 @@ def plan_jobs(
             f"regions {', '.join(map(str, regions))} hold only N: there is nothing to score; "
             "choose regions with sequence"
         )
-    return Plan(regions, jobs)
+    return Plan(regions, jobs, balance(job_bp(jobs), p.shards))
 
 
 def load_plan(
@@ -179,10 +221,11 @@ def load_plan(
     """The plan saved at ``path``, or planned now and saved there."""
     if path.exists():
         saved = json.loads(path.read_text())
-        if "regions" not in saved:
+        missing = [key for key in ("regions", "shards") if key not in saved]
+        if missing:
             raise ValueError(
-                f"{path} was written by an older rmt-infer (its plan has no regions): rerun "
-                "with overwrite=true, or finish it with the version that started it"
+                f"{path} was written by an older rmt-infer (its plan has no {missing[0]}): "
+                "rerun with overwrite=true, or finish it with the version that started it"
             )
         return Plan.from_dict(saved)
     plan = plan_jobs(options, genome, tokenizer, segment_tokens)

@@ -6,11 +6,13 @@ and its memory row is re-initialised; once no job is left it stays empty. Each s
 the occupied slots' next segments as one batch, in slot order, and writes their new
 memory back into their rows. ``save`` records every lane's slot, stream position and
 spool rows, and the memory tensor, so that ``restore`` continues exactly.
+
+A streamer runs one shard of the plan (``rmt.infer.plan``): its jobs, in plan order, in
+slots of its own, with its own resume state; which process runs it changes nothing.
 """
 
 from __future__ import annotations
 
-import io
 import resource
 import time
 from dataclasses import dataclass
@@ -19,14 +21,13 @@ from pathlib import Path
 import torch
 
 from data import DNATokenizer, Encoding, Genome
-from data.atomic import atomic_path
 from data.streaming import TokenStream
 from rmt.infer.options import InferOptions
-from rmt.infer.outputs import SPOOL, STATE, StepRows, spool_piece
-from rmt.infer.plan import Job, open_stream
+from rmt.infer.outputs import SPOOL, StepRows, row_dtypes, shard_state, spool_piece, write_state
+from rmt.infer.plan import Job, Plan, open_stream
 from rmt.infer.score import Scores, pad_segments, score_step
 from rmt.runner import MemoryRunner
-from rmt.writers import Spool, segment_dtype, token_dtype
+from rmt.writers import Spool
 
 COUNTERS = ("bp", "tokens", "segments", "burn_in_segments", "model_segments", "steps")
 
@@ -77,7 +78,8 @@ class Lane:
 
 
 class Streamer:
-    """Runs the jobs through the model, ``batch_size`` slots at a time, spooling outputs."""
+    """Runs a shard's jobs through the model, ``batch_size`` slots at a time, spooling
+    their outputs."""
 
     def __init__(
         self,
@@ -85,27 +87,29 @@ class Streamer:
         runner: MemoryRunner,
         tokenizer: DNATokenizer,
         genome: Genome,
-        jobs: list[Job],
+        plan: Plan,
+        shard: int,
         out: Path,
         device: torch.device,
         amp: torch.dtype | None,
     ) -> None:
         self.options, self.runner, self.tokenizer, self.genome = options, runner, tokenizer, genome
-        self.jobs, self.spool, self.state_path = jobs, out / SPOOL, out / STATE
+        self.jobs, self.queue = plan.jobs, plan.shards[shard]  # the shard's job indices
+        self.spool, self.state_path = out / SPOOL, shard_state(out, shard)
         self.device, self.amp = device, amp
         self.spool.mkdir(exist_ok=True)
-        d, store = runner.encoder.config.d_model, options.embeddings.dtype
-        self.token_dtype = token_dtype(d, store, options.embeddings.tokens)
-        self.segment_dtype = segment_dtype(d, runner.memory_tokens, store)
+        d = runner.encoder.config.d_model
+        self.token_dtype, self.segment_dtype = row_dtypes(options, d, runner.memory_tokens)
         self.slots: list[Lane | None] = [None] * options.batch_size
         initial = runner.init_memory(1).detach().to(device)
         self.initial = initial[0]
         self.memory = initial.repeat(options.batch_size, 1, 1)
-        self.next_job = 0
+        self.next_job = 0  # the next job's position in the queue
         self.rows: dict[int, list[int]] = {}  # job index -> spool rows (tokens, segments)
         self.stats = dict.fromkeys(COUNTERS, 0)
-        self.stats |= {"attempts": [], "wall_s": 0.0, "model_s": 0.0, "peak_rss_mb": 0.0}
-        self._attempt = (time.perf_counter(), 0)  # this attempt's start: clock, bp
+        self.stats |= {"attempts": {}, "model_s": 0.0, "peak_rss_mb": 0.0}
+        # this attempt: its start (perf_counter), bp before it, its name, its ranks
+        self._attempt = (time.perf_counter(), 0, "", 1)
 
     # -- slots -----------------------------------------------------------------------
     def _open_lane(self, index: int, taken: int = 0, stream_state: dict | None = None) -> Lane:
@@ -119,8 +123,8 @@ class Streamer:
 
     def _refill(self, slot: int) -> None:
         """Give ``slot`` the next job with a fresh memory row, or leave it empty."""
-        if self.next_job < len(self.jobs):
-            self.slots[slot] = self._open_lane(self.next_job)
+        if self.next_job < len(self.queue):
+            self.slots[slot] = self._open_lane(self.queue[self.next_job])
             self.memory[slot] = self.initial
             self.next_job += 1
         else:
@@ -191,22 +195,24 @@ class Streamer:
         return emitted
 
     # -- resume state ----------------------------------------------------------------
-    def begin_attempt(self, started: float) -> None:
-        """Count this process as one more attempt, begun at ``started`` (perf_counter)."""
-        self._attempt = (started, self.stats["bp"])
-        self.stats["attempts"].append({"wall_s": 0.0, "strand_bp": 0})
+    def begin_attempt(self, started: float, attempt: str, ranks: int) -> None:
+        """Count this launch (named ``attempt``, the same on every rank, begun at
+        ``started`` by perf_counter, with ``ranks`` processes) as one of the shard's."""
+        self._attempt = (started, self.stats["bp"], attempt, ranks)
         self.clock()
 
     def clock(self) -> None:
-        """Bring this attempt's time and bp, and the total time, up to now.
+        """Bring this attempt's record up to now: the time since the launch began (the
+        shards a process ran before this one included) and the bp this shard emitted.
 
         An attempt that is killed keeps what its last resume point recorded: its work after
         that point is lost, and redone (and timed) by the next attempt.
         """
-        started, bp = self._attempt
-        attempts = self.stats["attempts"]
-        attempts[-1] = {"wall_s": time.perf_counter() - started, "strand_bp": self.stats["bp"] - bp}
-        self.stats["wall_s"] = sum(a["wall_s"] for a in attempts)
+        started, bp, attempt, ranks = self._attempt
+        self.stats["attempts"][attempt] = {
+            "wall_s": time.perf_counter() - started, "strand_bp": self.stats["bp"] - bp,
+            "ranks": ranks,
+        }  # fmt: skip
         self.stats["peak_rss_mb"] = self.peak_rss_mb()
 
     def save(self) -> None:
@@ -223,36 +229,23 @@ class Streamer:
             "rows": {str(k): v for k, v in self.rows.items()},
             "stats": self.stats,
         }
-        self._write_state(state)
+        write_state(self.state_path, state)
 
     def restore(self, state: dict) -> None:
         """Continue from a state ``save`` wrote: lanes in their slots, memory, counters."""
         self.next_job = state["next_job"]
         self.rows = {int(k): list(v) for k, v in state["rows"].items()}
-        self.stats = dict(state["stats"], attempts=list(state["stats"]["attempts"]))
+        self.stats = dict(state["stats"], attempts=dict(state["stats"]["attempts"]))
         for lane in state["lanes"]:
             stream = {k: v.numpy() for k, v in lane["stream"].items()}
             self.slots[lane["slot"]] = self._open_lane(lane["job"], lane["taken"], stream)
         self.memory.copy_(state["memory"])
 
-    def mark_done(self) -> None:
-        """Replace the resume state by a marker: a rerun finds the outputs complete."""
-        self._write_state({"done": True, "stats": self.stats})
-
-    def _write_state(self, state: dict) -> None:
-        """Serialised in memory, then written atomically: a full disk is an OSError naming
-        no file (which the app reports), where ``torch.save`` to a file would raise a
-        RuntimeError."""
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        with atomic_path(self.state_path) as tmp:
-            tmp.write_bytes(buffer.getbuffer())
+    @property
+    def finished(self) -> bool:
+        """Every job of the shard streamed (as its last ``save`` finds it)."""
+        return self.next_job == len(self.queue) and self.slots == [None] * len(self.slots)
 
     def peak_rss_mb(self) -> float:
-        """The peak resident set over every run on this output directory."""
+        """The peak resident set over every run of this shard."""
         return max(self.stats["peak_rss_mb"], peak_rss_mb())
-
-    def total_bp(self) -> int:
-        """bp every job emits (burn-in excluded): what the progress bar counts to."""
-        regions = {(j.chrom, j.start, j.end, j.strand) for j in self.jobs}
-        return sum(end - start for _, start, end, _ in regions)

@@ -3,7 +3,9 @@
 The method names are grouped by kind (inference or training) and by role (the RMT in
 each backprop mode, the baselines it is compared with); `benchmarks.workloads` says what
 each method runs. The default sweep leaves out the HF-encoder RMT (`HF_METHODS`): it
-costs about what the BERT baseline costs again, and compares encoders, not methods.
+costs about what the BERT baseline costs again, and compares encoders, not methods; so
+does lucidrains' RMT (`LUCI_METHODS`, `benchmarks.peers`): it needs a package of the
+`bench` extra, and its LM head on every token makes its training points the costliest.
 """
 
 from __future__ import annotations
@@ -14,12 +16,21 @@ from rmt import EncoderConfig
 
 RMT_TRAIN = {f"rmt_{mode}": mode for mode in ("full", "truncated", "replay", "checkpoint")}
 HF_METHODS = ("hf_rmt_infer", "hf_rmt_train")  # the runner around a transformers BertModel
-INFER_METHODS = ("rmt_infer", "naive_infer", "whole_infer", "bert_infer", "hf_rmt_infer")
-TRAIN_METHODS = (*RMT_TRAIN, "naive_train", "whole_train", "bert_train", "hf_rmt_train")
+LUCI_METHODS = ("luci_infer", "luci_train", "luci_replay")  # lucidrains' RMT: benchmarks.peers
+INFER_METHODS = (
+    "rmt_infer", "naive_infer", "whole_infer", "bert_infer", "hf_rmt_infer", "luci_infer",
+)  # fmt: skip
+TRAIN_METHODS = (
+    *RMT_TRAIN, "naive_train", "whole_train", "bert_train", "hf_rmt_train", "luci_train",
+    "luci_replay",
+)  # fmt: skip
 METHODS = (*INFER_METHODS, *TRAIN_METHODS)
-DEFAULT_METHODS = tuple(m for m in METHODS if m not in HF_METHODS)  # conf/bench.yaml's
-BASELINES = {"infer": ("naive_infer", "whole_infer", "bert_infer", "hf_rmt_infer")}
-BASELINES["train"] = ("naive_train", "whole_train", "bert_train", "hf_rmt_train")
+OPT_IN = (*HF_METHODS, *LUCI_METHODS)  # not in the default sweep
+DEFAULT_METHODS = tuple(m for m in METHODS if m not in OPT_IN)  # conf/bench.yaml's
+BASELINES = {
+    "infer": tuple(m for m in INFER_METHODS if m != "rmt_infer"),
+    "train": tuple(m for m in TRAIN_METHODS if m not in RMT_TRAIN),
+}
 OPTIMIZERS = ("adamw", "none")
 # The toy model of `toy`: one step of it starts the runtime, and leaves ~nothing behind.
 TOY_MODEL = {"vocab_size": 64, "d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": None}

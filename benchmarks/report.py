@@ -20,8 +20,9 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from benchmarks.fits import fits, ok
+from benchmarks.peers import LUCI_MODULE, LUCI_PACKAGE
 from benchmarks.plots import method_labels, plot
-from benchmarks.points import HF_METHODS
+from benchmarks.points import HF_METHODS, LUCI_METHODS
 from data.atomic import atomic_path
 from rmt.cli import user_errors, write_json
 
@@ -34,25 +35,32 @@ CSV_FIELDS = [
 
 BENCH_EXTRA = "pip install 'rmt-dna[bench]'"
 TRANSFORMERS_METHODS = ("bert_infer", "bert_train", *HF_METHODS)  # benchmarks.workloads._bert
+# import name -> (what pip installs, the methods that need it)
+METHOD_PACKAGES = {
+    "transformers": ("transformers", TRANSFORMERS_METHODS),
+    LUCI_MODULE: (LUCI_PACKAGE, LUCI_METHODS),
+}
 
 
 def check_extras(methods: Iterable[str]) -> None:
     """Refuse at once, naming the `bench` extra, when a package the run needs is missing.
 
-    Without it each bert point would die in its process (`failed: exit code 1`) and the
-    plots would be left out, after a full run that then looks like a success.
+    Without it each bert (or luci) point would die in its process (`failed: exit code 1`)
+    and the plots would be left out, after a full run that then looks like a success.
     """
-    missing = []
-    if importlib.util.find_spec("matplotlib") is None:
-        missing.append("matplotlib (for the plots)")
-    bert = [m for m in methods if m in TRANSFORMERS_METHODS]
-    if bert and importlib.util.find_spec("transformers") is None:
-        missing.append(f"transformers (for {', '.join(bert)})")
+    no_plots = importlib.util.find_spec("matplotlib") is None
+    missing = ["matplotlib (for the plots)"] if no_plots else []
+    droppable = []
+    for module, (package, needing) in METHOD_PACKAGES.items():
+        asked = [m for m in methods if m in needing]
+        if asked and importlib.util.find_spec(module) is None:
+            missing.append(f"{package} (for {', '.join(asked)})")
+            droppable += asked
     if not missing:
         return
     fix = BENCH_EXTRA
-    if len(missing) == 1 and missing[0].startswith("transformers"):
-        fix += f", or leave {', '.join(bert)} out of methods=[...]"
+    if not no_plots:  # leaving the methods out is then a fix too
+        fix += f", or leave {', '.join(droppable)} out of methods=[...]"
     raise ValueError(f"{' and '.join(missing)} not installed: {fix}")
 
 

@@ -17,6 +17,10 @@ only) with the MLM loss on the labelled tokens.
 - `hf_rmt_infer`, `hf_rmt_train`: `rmt_infer` and `rmt_full` with that BertModel as the
   runner's encoder (`rmt.hf_encoder.HFEncoder`, GENA-LM's layout `[CLS] memory [SEP]
   segment [SEP]`): what wrapping a Hugging Face encoder costs against the native one.
+- `luci_infer`, `luci_train`, `luci_replay`: lucidrains' RMT (`benchmarks.peers`), a
+  causal decoder LM at the same shape: streaming inference (its transformer a segment
+  at a time, no LM head), its wrapper's full-BPTT training step, and its wrapper's
+  memory-replay backprop; its loss is next-token prediction on every token.
 - `naive_infer`, `naive_train`: a recurrent runner as public reference implementations
   write it: every segment's outputs are kept (inference) and full logits over every
   token of every segment feed one loss at the end (training): the memory growth users
@@ -24,7 +28,7 @@ only) with the MLM loss on the labelled tokens.
 
 Model FLOPs count matmuls (`benchmarks.measure.segment_flops`) of the forward, times 3
 for training; recomputation (checkpoint, replay) is not counted, so it shows as a lower
-utilization, as MFU is defined.
+utilization, as MFU is defined. lucidrains' RMT counts its own shape (`peers.luci_flops`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.measure import head_flops, segment_flops
+from benchmarks.peers import luci_flops, luci_loss, luci_model, luci_stream
 from benchmarks.points import METHODS, RMT_TRAIN, Point
 from data import NucleotideTokenizer
 from rmt import Encoder, EncoderConfig, MemoryRunner, MLMHead, build_runner
@@ -304,6 +309,19 @@ def _hf_rmt_train(point, config, input_ids, labels) -> Workload:
     return Workload(step, runner, 3 * (flops + head_flops(config, _labelled(labels))))
 
 
+def _luci_infer(point, config, input_ids, labels) -> Workload:
+    model = luci_model(point, config, lm_head=False)
+    flops = luci_flops(point, config, lm_head=False)
+    return Workload(luci_stream(point, model, input_ids), model, flops)
+
+
+def _luci_train(point, config, input_ids, labels) -> Workload:
+    """Full BPTT or memory replay: its loss scores every token (`labels` are the MLM's)."""
+    model = luci_model(point, config)
+    loss = luci_loss(model, input_ids, replay=point.method == "luci_replay")
+    return Workload(_train_step(point, model, loss), model, 3 * luci_flops(point, config))
+
+
 _BUILDERS = {
     "rmt_infer": _rmt_infer,
     "naive_infer": _naive_infer,
@@ -314,4 +332,7 @@ _BUILDERS = {
     "bert_train": _bert_train,
     "hf_rmt_infer": _hf_rmt_infer,
     "hf_rmt_train": _hf_rmt_train,
+    "luci_infer": _luci_infer,
+    "luci_train": _luci_train,
+    "luci_replay": _luci_train,
 }

@@ -7,19 +7,23 @@ wrong regardless of the machine: the FLOP model, the fits, the skip rule, the fi
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.fits import crossover, fits, linear_fit
 from benchmarks.options import BenchOptions
-from benchmarks.points import DEFAULT_METHODS, METHODS, Point
-from benchmarks.report import summarize
+from benchmarks.peers import LUCI_MODULE, luci_flops
+from benchmarks.points import DEFAULT_METHODS, LUCI_METHODS, METHODS, Point
+from benchmarks.report import check_extras, summarize
 from benchmarks.segments import plan, project, run_bench, skip_reason
 from benchmarks.workloads import build
 from rmt.option_errors import to_options
@@ -70,24 +74,83 @@ def toy_point(method: str, segments: int = 3) -> Point:
 
 
 SWEEPING = ("rmt_replay", "rmt_truncated")  # autograd.Function sweeps hide from the counter
+needs_luci = pytest.mark.skipif(
+    importlib.util.find_spec(LUCI_MODULE) is None,
+    reason="recurrent-memory-transformer-pytorch not installed: pip install 'rmt-dna[bench]'",
+)
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m not in SWEEPING])
-def test_model_flops_match_torch_flop_counter(method):
-    """The analytic FLOPs each method reports are the matmul FLOPs torch counts.
+def needing_luci(methods) -> list:
+    """`methods` as parameters, lucidrains' skipped (visibly) without its package."""
+    return [pytest.param(m, marks=needs_luci) if m in LUCI_METHODS else m for m in methods]
+
+
+def counted_flops(method: str) -> tuple[int, int]:
+    """(torch's matmul FLOP count of one step after one untimed step, the model FLOPs).
 
     SDPA's math backend is forced while counting: the counter sees its matmuls, not the
-    fused CPU kernel's. Checkpointing recomputes forwards, which MFU must not count.
+    fused CPU kernel's. lucidrains' attention enables every SDPA backend itself, so its
+    own einsum path (the same matmuls) is switched on instead.
     """
     workload = build(toy_point(method))
     workload.step()
+    for module in workload.module.modules():
+        if hasattr(module, "use_flash"):  # lucidrains' Attend
+            module.use_flash = False
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         workload.step()
-    counted = counter.get_total_flops()
+    return counter.get_total_flops(), workload.model_flops
+
+
+@pytest.mark.parametrize(
+    "method", needing_luci(m for m in METHODS if m not in (*SWEEPING, "luci_replay"))
+)
+def test_model_flops_match_torch_flop_counter(method):
+    """The analytic FLOPs each method reports are the matmul FLOPs torch counts.
+
+    Checkpointing recomputes forwards, which MFU must not count.
+    """
+    counted, model_flops = counted_flops(method)
     if method == "rmt_checkpoint":
-        assert workload.model_flops < counted < 1.4 * workload.model_flops
+        assert model_flops < counted < 1.4 * model_flops
     else:
-        assert counted == workload.model_flops
+        assert counted == model_flops
+
+
+@needs_luci
+def test_luci_replay_counts_full_bptt_and_runs_a_second_backward_per_segment():
+    """Its replay recomputes each segment's forward and backwards twice (loss, then memory
+    gradient, the latter without the LM head): torch counts all that, MFU counts none."""
+    counted, model_flops = counted_flops("luci_replay")
+    point = toy_point("luci_replay")
+    head = luci_flops(point, point.config) - luci_flops(point, point.config, lm_head=False)
+    assert model_flops == 3 * luci_flops(point, point.config)
+    assert counted == 2 * model_flops - 2 * head
+
+
+@needs_luci
+def test_luci_replay_gradients_are_full_bptt_gradients():
+    """Memory replay is exact: the same gradients as its full-BPTT step, memory included."""
+    trained = {}
+    for method in ("luci_train", "luci_replay"):
+        workload = build(replace(toy_point(method), optimizer="none"))  # same seed, same init
+        workload.step()
+        trained[method] = dict(workload.module.named_parameters())
+    full, replay = trained["luci_train"], trained["luci_replay"]
+    assert full["transformer.read_memory_emb"].grad.abs().max() > 0  # memory trained
+    for name, parameter in full.items():
+        torch.testing.assert_close(replay[name].grad, parameter.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_missing_peer_package_names_the_bench_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, LUCI_MODULE, None)  # as if not installed
+    check_extras(["rmt_infer", "rmt_replay"])
+    with pytest.raises(ValueError) as error:
+        check_extras(["rmt_infer", "luci_infer", "luci_replay"])
+    assert str(error.value) == (
+        "recurrent-memory-transformer-pytorch (for luci_infer, luci_replay) not installed: "
+        "pip install 'rmt-dna[bench]', or leave luci_infer, luci_replay out of methods=[...]"
+    )
 
 
 @pytest.mark.parametrize("method", SWEEPING)
@@ -141,6 +204,28 @@ def test_hf_encoder_points_run_and_report_beside_the_native_ones(tmp_path):
     assert set(group["methods"]) == set(methods)
     table = (tmp_path / "fits.md").read_text()
     assert "| hf_rmt_infer |" in table and "| hf_rmt_train |" in table
+
+
+@pytest.mark.slow
+@needs_luci
+def test_lucidrains_points_run_and_report_beside_the_rmt(tmp_path):
+    """Opt-in peers: each luci method at 1 and 2 segments, its step peak measured in its
+    own process as rmt_replay's is, fitted and tabled beside the RMT."""
+    methods = ["rmt_infer", "luci_infer", "rmt_full", "luci_train", "rmt_replay", "luci_replay"]
+    overrides = [f"methods=[{','.join(methods)}]", "segments.infer=[1,2]", "segments.train=[1,2]"]
+    records = run_bench(bench_config(overrides), tmp_path)
+    assert [(r["method"], r["segments"]) for r in records] == [
+        (m, n) for m in methods for n in (1, 2)
+    ]
+    for record in records:
+        assert record["status"] == "ok", record
+        assert 0 < record["mfu"] < 1
+        assert record["peak_mb"] > record["step_peak_delta_mb"] >= 0
+    (group,) = json.loads((tmp_path / "fits.json").read_text())["groups"].values()
+    for method in LUCI_METHODS:  # the ratios to them: below (toy slopes are noise)
+        assert group["methods"][method]["time"] and group["methods"][method]["memory"]
+    table = (tmp_path / "fits.md").read_text()
+    assert all(f"| {m} |" in table for m in LUCI_METHODS)
 
 
 @pytest.mark.slow
@@ -243,6 +328,24 @@ def test_the_native_rmt_is_compared_with_the_hf_encoder_at_the_same_shape():
     ratios = fits(records)["slope_ratios"]
     assert ratios["rmt_infer"] == {"hf_rmt_infer": pytest.approx(0.25)}
     assert ratios["rmt_full"] == {"hf_rmt_train": pytest.approx(1.5)}
+
+
+def test_the_rmt_is_compared_with_lucidrains_rmt_mode_by_mode():
+    def record(method, n, seconds):
+        return {"method": method, "segments": n, "status": "ok", "median_s": seconds}
+
+    methods = {"rmt_infer": 1.0, "luci_infer": 2.0, "rmt_full": 3.0, "luci_train": 6.0}
+    methods |= {"rmt_replay": 4.0, "luci_replay": 8.0}
+    records = [record(m, n, s * n) for m, s in methods.items() for n in (1, 2, 4)]
+    for r in records:
+        r["step_peak_delta_mb"] = 1.0
+    ratios = fits(records)["slope_ratios"]
+    assert ratios["rmt_infer"] == {"luci_infer": pytest.approx(0.5)}
+    assert ratios["rmt_full"] == {
+        "luci_train": pytest.approx(0.5),
+        "luci_replay": pytest.approx(0.375),
+    }
+    assert ratios["rmt_replay"]["luci_replay"] == pytest.approx(0.5)
 
 
 def test_crossover_reports_where_recurrence_wins():

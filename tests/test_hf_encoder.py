@@ -21,6 +21,7 @@ from test_runner import (
     SEG,
     VOCAB,
     assert_grads_close,
+    assert_stepping_equals_one_call,
     param_grads,
     random_batch,
     truncated_reference,
@@ -160,18 +161,7 @@ def test_a_padded_batch_equals_each_sample_alone(gena_dir, layout):
 
 
 def test_stepping_segment_by_segment_equals_one_call(gena_dir):
-    runner = hf_runner(gena_dir)
-    ids, _ = random_batch(3, 4)
-    mask = torch.ones_like(ids, dtype=torch.bool)
-    mask[0, 2 * SEG + 2 :] = False  # sample 0 ends inside segment 3
-    whole = runner(ids, mask, return_hidden=True)
-    memory, hiddens = runner.init_memory(3), []
-    for j in range(4):
-        cut = slice(j * SEG, (j + 1) * SEG)
-        out, memory = runner.step(ids[:, cut], memory, attention_mask=mask[:, cut])
-        hiddens.append(out.hidden)
-    torch.testing.assert_close(torch.cat(hiddens, 1), whole.hidden, atol=1e-12, rtol=0)
-    torch.testing.assert_close(memory, whole.memory, atol=1e-12, rtol=0)
+    assert_stepping_equals_one_call(hf_runner(gena_dir))
 
 
 @pytest.mark.parametrize("depth", [0, 1, 4])

@@ -79,7 +79,12 @@ def test_memory_changes_the_output_of_later_segments():
 
 
 def test_one_call_equals_stepping_segment_by_segment():
-    runner = make_runner()
+    assert_stepping_equals_one_call(make_runner())
+
+
+def assert_stepping_equals_one_call(runner: MemoryRunner) -> None:
+    """Streaming segment by segment (init_memory + step) gives one call's states; also
+    used for a wrapped Hugging Face encoder (tests/test_hf_encoder.py)."""
     ids, _ = random_batch(3, 4)
     mask = torch.ones_like(ids, dtype=torch.bool)
     mask[0, 2 * SEG + 2 :] = False  # sample 0 ends inside segment 3

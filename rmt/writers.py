@@ -93,19 +93,21 @@ class Spool:
         self._file.close()
 
 
-def read_blocks(path: Path, dtype: np.dtype, reverse: bool = False) -> Iterator[np.ndarray]:
-    """The rows of a spool file in blocks, last row first when ``reverse``.
+def read_blocks(
+    path: Path, dtype: np.dtype, reverse: bool = False, block_bytes: int = _BLOCK_BYTES
+) -> Iterator[np.ndarray]:
+    """The rows of a spool file in blocks of about ``block_bytes``, last row first when
+    ``reverse``.
 
     Plain reads rather than a memory map: mapped pages count towards the resident set,
     and peak memory must not grow with the genome.
     """
-    rows, block = path.stat().st_size // dtype.itemsize, max(1, _BLOCK_BYTES // dtype.itemsize)
-    starts = range(0, rows, block)
+    rows, size = path.stat().st_size // dtype.itemsize, max(1, block_bytes // dtype.itemsize)
+    starts = range(0, rows, size)
     with path.open("rb") as handle:
         for start in reversed(starts) if reverse else starts:
             handle.seek(start * dtype.itemsize)
-            count = min(block, rows - start)
-            block = np.fromfile(handle, dtype=dtype, count=count)
+            block = np.fromfile(handle, dtype=dtype, count=min(size, rows - start))
             yield block[::-1] if reverse else block
 
 

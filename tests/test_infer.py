@@ -23,6 +23,7 @@ from rmt import EncoderConfig, build_runner, load_model, save_checkpoint
 from rmt.infer import InferOptions, infer_options, run_inference
 from rmt.infer.plan import plan_jobs
 from rmt.infer.stream import Streamer
+from rmt.writers import read_blocks
 
 LAMBDA = "NC_001416.1"
 REPO = Path(__file__).resolve().parents[1]
@@ -333,3 +334,18 @@ def test_the_slots_memory_is_preallocated_and_empty_slots_are_skipped(
     assert shape == (4, runner.memory_tokens, runner.encoder.config.d_model)
     assert occupied[0] == 3 and occupied[-1] == 1  # 3 jobs in 4 slots; chrA runs longest
     assert streamer.slots == [None] * 4 and streamer.stats["segments"] == sum(occupied)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_spools_larger_than_one_read_block_come_back_whole(tmp_path, reverse):
+    """A chromosome's spool spans many read blocks (a 21 Mbp arm: hundreds of MB); every
+    block, the partial last one included, comes back in order."""
+    dtype = np.dtype([("start", "<i8"), ("mean", "<f4", (3,))])
+    rows = np.zeros(1000, dtype)
+    rows["start"] = np.arange(1000)
+    rows["mean"] = np.random.default_rng(0).random((1000, 3), dtype=np.float32)
+    path = tmp_path / "rows.bin"
+    path.write_bytes(rows.tobytes())
+    blocks = list(read_blocks(path, dtype, reverse=reverse, block_bytes=7 * dtype.itemsize))
+    assert len(blocks) == -(-1000 // 7)
+    np.testing.assert_array_equal(np.concatenate(blocks), rows[::-1] if reverse else rows)

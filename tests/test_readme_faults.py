@@ -1,7 +1,7 @@
 """README's "What happens when things go wrong" table promises only what the suite tests.
 
 Every row names, in its last column, one or more tests (backticked `test_...`) that
-exist in tests/test_faults*.py, tests/test_cli_errors.py or tests/test_infer_distributed.py.
+exist in tests/test_faults*.py, tests/test_cli_errors.py or tests/test_*_distributed.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ TESTS = Path(__file__).resolve().parent
 README = TESTS.parent / "README.md"
 SECTION = "## What happens when things go wrong"
 FAULT_TESTS = [*sorted(TESTS.glob("test_faults*.py")), TESTS / "test_cli_errors.py",
-               TESTS / "test_infer_distributed.py"]  # fmt: skip
+               *sorted(TESTS.glob("test_*_distributed.py"))]  # fmt: skip
 
 
 def table_rows(text: str) -> list[list[str]]:

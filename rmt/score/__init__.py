@@ -3,6 +3,7 @@
     rmt-score checkpoint=runs/x data.fasta='[ref.fa.gz]' variants=calls.vcf.gz output=out/
     rmt-score checkpoint=runs/x variants=calls.vcf output=out/ strand=both \\
               contig_map='{NC_007795: NC_007795.1}' ref_mismatch=skip
+    torchrun --nproc_per_node=4 -m rmt.score checkpoint=runs/x variants=... output=out/
 
 From Python: ``run_scoring(ScoreOptions(checkpoint=..., variants=..., output=...))``
 returns the summary.
@@ -26,7 +27,9 @@ ALT of a multi-allelic record on its own; symbolic and breakend alleles, ALTs pa
 record end, and (with ``ref_mismatch=skip``) records whose REF does not match the FASTA
 are skipped and counted. OUT gets ``scored.vcf[.gz]`` (the input, byte for byte, with
 the score as an INFO field, ``info_key``), ``scores.tsv`` and ``summary.json``; a killed
-run rerun with the same command resumes and ends with byte-identical outputs.
+run rerun with the same command resumes and ends with byte-identical outputs. Under
+torchrun the ranks divide the chunks and rank 0 assembles: N ranks write the bytes one
+process writes, and a killed run resumes under any number of ranks (``app``).
 
 The package, in the order a run goes through it:
 
@@ -35,7 +38,8 @@ The package, in the order a run goes through it:
 - ``alleles``: sites, windows and tokens of each allele on each strand;
 - ``plan``: allele rows grouped into blocks (shared contexts) and chunks (units of work);
 - ``scoring``: contexts through the memory, masked allele rows, batched;
-- ``outputs``: the output directory's identity and resume state, the TSV and the VCF;
+- ``spool``: each rank's scored rows and resume point, gathered at the end;
+- ``outputs``: the output directory's identity and finished mark, the TSV and the VCF;
 - ``app``: ``run_scoring`` and the Hydra ``main``.
 """
 

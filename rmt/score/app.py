@@ -1,15 +1,24 @@
 """rmt-score's entry points: options -> inputs (checked) -> plan -> chunks (resumable) -> outputs.
 
-``run_scoring`` loads and checks every input (checkpoint, FASTA, VCF, contig map, model)
-before it touches the output directory, so a run that cannot start claims nothing; then,
-holding the directory's lock, it claims it, scores the chunks it has not scored yet
-(saving a resume point every ``save_every`` chunks), writes the outputs and the summary.
+``run_scoring`` joins the launcher's ranks (one process: a world of one) and loads and
+checks every input (checkpoint, FASTA, VCF, contig map, model) before it touches the
+output directory, so a run that cannot start claims nothing; then rank 0, holding the
+directory's lock, claims it; every rank scores its share of the chunks not scored yet
+(saving a resume point every ``save_every`` chunks, ``rmt.score.spool``), and rank 0
+writes the outputs and the summary (``rmt.infer.ranks``: where the ranks meet).
+
+Under torchrun the chunks left are balanced by rows over the ranks (``balance``). A
+chunk's contexts and rows are batched by the chunk alone (``score_chunk``), never beside
+another rank's or chunk's, so its scores' bits do not depend on the number of ranks, and
+N ranks write the bytes one process writes. More ranks than chunks are refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -17,15 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
 from data import DNATokenizer, Genome
 from rmt.checkpoint import load_model, resolve_checkpoint
-from rmt.cli import autocast_dtype, pick_device, user_errors, write_json
-from rmt.infer.outputs import SPOOL, SUMMARY, errors_name
-from rmt.infer.plan import infer_fasta
+from rmt.cli import autocast_dtype, user_errors, write_json
+from rmt.infer.outputs import SPOOL, STATE, SUMMARY, errors_name
+from rmt.infer.plan import balance, infer_fasta
+from rmt.infer.ranks import Ranks
 from rmt.install import CONFIG_PATH
 from rmt.lock import RunLock
 from rmt.runner import MemoryRunner
@@ -33,6 +44,7 @@ from rmt.score import outputs
 from rmt.score.options import PROGRAM, ScoreOptions, score_options
 from rmt.score.plan import Block, Context, plan_blocks, plan_chunks, resolve_context
 from rmt.score.scoring import score_chunk
+from rmt.score.spool import Earlier, RankSpool, earlier, gather, write_pt
 from rmt.score.vcf import (
     Checked,
     check_records,
@@ -41,7 +53,6 @@ from rmt.score.vcf import (
     read_records,
     status_counts,
 )
-from rmt.writers import Spool
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +72,7 @@ class Inputs:
     blocks: list[Block]
 
 
-def load_inputs(options: ScoreOptions) -> Inputs:
+def load_inputs(options: ScoreOptions, device: torch.device) -> Inputs:
     """The checkpoint, FASTA, variants and model, or the user error that stops the run."""
     out = Path(options.output)
     if out.exists() and not out.is_dir():
@@ -80,7 +91,6 @@ def load_inputs(options: ScoreOptions) -> Inputs:
                             options.context.flank, options.ref_mismatch)  # fmt: skip
     if options.threads:
         torch.set_num_threads(options.threads)
-    device = pick_device(options.device)
     runner, tokenizer = load_model(checkpoint, device, options.kernels)
     if runner.head is None:
         raise ValueError(
@@ -94,60 +104,106 @@ def load_inputs(options: ScoreOptions) -> Inputs:
 
 
 def run_scoring(options: ScoreOptions, after_save: Callable[[int], None] | None = None) -> dict:
-    """Score ``options.variants`` into ``options.output``; the summary.
+    """Score ``options.variants`` into ``options.output``; the summary (on every rank).
 
-    ``after_save(chunks_done)`` is called after each resume point is written: a caller
-    (a test) may stop the run there, as a kill would.
+    ``after_save(chunks_done)`` is called after each of this rank's resume points is
+    written: a caller (a test) may stop the run there, as a kill would.
     """
     started = time.perf_counter()
-    inputs = load_inputs(options)
+    ranks = Ranks.join(options.device)
+    inputs = load_inputs(options, ranks.world.device)
+    chunks = plan_chunks(inputs.blocks, options.batch_size)
+    check_ranks(len(chunks), ranks.world.world_size)
     out = Path(options.output)
-    with errors_name(out), RunLock(out, PROGRAM):
-        identity = outputs.score_identity(options, inputs.checkpoint, inputs.fasta)
-        state = outputs.claim(out, identity, options.overwrite)
-        if state is None or not state.get("done"):
-            score_all(options, inputs, state, started, after_save)
-        shutil.rmtree(out / SPOOL, ignore_errors=True)
-        return json.loads((out / SUMMARY).read_text())
+    with errors_name(out), contextlib.ExitStack() as held:
+        claim = ranks.on_main(lambda: claim_output(options, inputs, held))
+        if claim is not None:
+            score_mine(options, inputs, chunks, claim, ranks, started, after_save)
+            ranks.wait_for_all()
+        return ranks.on_main(lambda: finish(options, inputs, chunks, claim, started))
 
 
-def score_all(
+def check_ranks(chunks: int, world_size: int) -> None:
+    """Refuse more ranks than chunks: the chunks are what ranks divide. (A resumed run
+    with fewer chunks left than ranks leaves the others idle.)"""
+    if world_size > chunks:
+        raise ValueError(
+            f"{world_size} ranks were launched for {chunks} chunk(s) of variants, so "
+            f"{world_size - chunks} would have nothing to score: launch at most {chunks} "
+            f"(torchrun --nproc_per_node={chunks}); a smaller batch_size makes more chunks, "
+            "but changes the batches, so the scores' last bits"
+        )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """This run's name (its spool files') and what earlier runs scored."""
+
+    attempt: str
+    earlier: Earlier
+
+
+def claim_output(options: ScoreOptions, inputs: Inputs, held: contextlib.ExitStack) -> Claim | None:
+    """Rank 0: lock the output directory (until ``held`` closes) and claim it; None when
+    it holds a finished run with this identity."""
+    out = Path(options.output)
+    held.enter_context(RunLock(out, PROGRAM))
+    identity = outputs.score_identity(options, inputs.checkpoint, inputs.fasta)
+    state = outputs.claim(out, identity, options.overwrite)
+    if state is not None and state.get("done"):
+        return None
+    return Claim(str(time.time_ns()), earlier(out))
+
+
+def score_mine(
     options: ScoreOptions,
     inputs: Inputs,
-    state: dict | None,
+    chunks: list[list[Block]],
+    claim: Claim,
+    ranks: Ranks,
     started: float,
     after_save: Callable[[int], None] | None,
 ) -> None:
-    """Score every chunk not yet scored (from ``state``), then write the final outputs."""
-    out = Path(options.output)
-    chunks = plan_chunks(inputs.blocks, options.batch_size)
-    state = state or {"chunks": 0, "rows": 0, "wall_s": 0.0, "runs": 0}
-    stats = {"wall_s": state["wall_s"], "runs": state["runs"] + 1}
-    spool = Spool(outputs.spool_path(out), outputs.ROW_DTYPE, state["rows"])
-    amp = autocast_dtype(options.precision, inputs.device)
-    counts = [_variants(c) for c in chunks]
+    """Score this rank's share of the chunks not yet scored, saving a resume point every
+    ``save_every`` chunks and after the last."""
+    world = ranks.world
+    left = [k for k in range(len(chunks)) if k not in claim.earlier.chunks]
+    rows = [sum(len(b.rows) for b in chunks[k]) for k in left]
+    mine = [left[i] for i in balance(rows, world.world_size)[world.rank]]
+    counts = {k: _variants(chunks[k]) for k in mine}
     progress = tqdm(
-        total=sum(counts), initial=sum(counts[: state["chunks"]]), unit="variant",
-        disable=not options.progress, desc=PROGRAM, smoothing=0.05,
+        total=sum(counts.values()), unit="variant", smoothing=0.05,
+        disable=not options.progress or not world.is_main, desc=PROGRAM + ranks.label,
     )  # fmt: skip
-    for k in range(state["chunks"], len(chunks)):
+    spool = RankSpool(Path(options.output), claim.attempt, world.rank)
+    amp = autocast_dtype(options.precision, inputs.device)
+    for n, k in enumerate(mine, 1):
         scores = score_chunk(inputs.runner, inputs.tokenizer, inputs.genome, chunks[k],
                              options.batch_size, inputs.device, amp)  # fmt: skip
-        spool.append(outputs.spool_rows(scores))
+        spool.append(k, scores)
         progress.update(counts[k])
-        if (k + 1) % options.save_every == 0 or k + 1 == len(chunks):
-            spool.flush()
-            stats["wall_s"] = state["wall_s"] + time.perf_counter() - started
-            outputs.write_state(out, {"chunks": k + 1, "rows": spool.rows, **stats})
+        if n % options.save_every == 0 or n == len(mine):
+            spool.save(time.perf_counter() - started)
             if after_save is not None:
-                after_save(k + 1)
+                after_save(len(claim.earlier.chunks) + n)
     progress.close()
     spool.close()
-    written = write_outputs(options, inputs, out)
-    stats["wall_s"] = state["wall_s"] + time.perf_counter() - started
-    summary = make_summary(options, inputs, chunks, stats, written)
-    write_json(out / SUMMARY, summary)
-    outputs.write_state(out, {"done": True, **stats})
+
+
+def finish(
+    options: ScoreOptions, inputs: Inputs, chunks: list, claim: Claim | None, started: float
+) -> dict:
+    """Rank 0, every chunk scored: the final outputs and summary (unless a finished run's
+    are there already), the spool removed; the summary."""
+    out = Path(options.output)
+    if claim is not None:
+        written = write_outputs(options, inputs, out, gather(out, len(chunks)))
+        wall_s = claim.earlier.wall_s + time.perf_counter() - started
+        stats = {"wall_s": wall_s, "runs": claim.earlier.runs + 1}
+        write_json(out / SUMMARY, make_summary(options, inputs, chunks, stats, written))
+        write_pt(out / STATE, {"done": True, **stats})
+    shutil.rmtree(out / SPOOL, ignore_errors=True)
+    return json.loads((out / SUMMARY).read_text())
 
 
 def _variants(chunk: list[Block]) -> int:
@@ -167,9 +223,9 @@ def info_header(options: ScoreOptions, context: Context) -> str:
     )
 
 
-def write_outputs(options: ScoreOptions, inputs: Inputs, out: Path) -> list[str]:
-    """scores.tsv and the annotated VCF from the spool; the names written."""
-    lls = outputs.allele_scores(out / SPOOL / outputs.ROWS)
+def write_outputs(options: ScoreOptions, inputs: Inputs, out: Path, rows: np.ndarray) -> list[str]:
+    """scores.tsv and the annotated VCF from the spooled rows; the names written."""
+    lls = outputs.allele_scores(rows)
     outputs.write_tsv(out / outputs.TSV, inputs.checked, lls)
     values = outputs.info_values(inputs.checked, lls)
     header = info_header(options, inputs.context)
@@ -215,6 +271,8 @@ def main(cfg: DictConfig) -> dict:
     with user_errors(PROGRAM):
         options = score_options(cfg)
         summary = run_scoring(options)
+        if int(os.environ.get("RANK", "0")) != 0:  # the other ranks of a torchrun
+            return summary
         skipped = ", ".join(f"{n:,} {why}" for why, n in summary["skipped"].items() if n)
         print(
             f"{PROGRAM}: wrote {options.output} ({summary['alts_scored']:,} ALT allele(s) "

@@ -2,10 +2,8 @@
 
 The directory is claimed as rmt-infer claims its own (``rmt.infer.outputs.prepare_output``:
 the same identity resumes, another is refused unless ``overwrite=true``); the identity adds
-the VCF's and a contig-map file's. Finished chunks append fixed-size rows (record,
-allele, strand, log-likelihood) to ``spool/rows.bin``; every ``save_every`` chunks the
-spool is flushed and ``state.pt`` written atomically, and a rerun cuts the spool back to
-the rows it records and continues with the next chunk, so its outputs are byte-identical.
+the VCF's and a contig-map file's. Scored chunks are spooled per rank and run
+(``rmt.score.spool``); ``state.pt`` marks the directory finished.
 
 At the end ``scores.tsv`` (one row per ALT, in VCF order) and ``scored.vcf`` are written,
 each to a temp name and renamed. ``scored.vcf`` is the input's bytes with one header line
@@ -17,7 +15,6 @@ input gives ``scored.vcf.gz`` (bgzip through pysam), and a tabix index when it h
 from __future__ import annotations
 
 import gzip
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -27,16 +24,12 @@ import pysam
 import torch
 
 from data.atomic import atomic_path
-from rmt.infer.outputs import SPOOL, STATE, prepare_output, remove_stale_temps, run_identity
+from rmt.infer.outputs import STATE, prepare_output, remove_stale_temps, run_identity
 from rmt.score.options import ScoreOptions
-from rmt.score.plan import Row
 from rmt.score.vcf import SCORED, Checked
 
 VCF, TSV = "scored.vcf", "scores.tsv"
 FINAL = (VCF, f"{VCF}.gz", f"{VCF}.gz.tbi", f"{VCF}.gz.csi", TSV)
-ROWS = "rows.bin"
-ROW_DTYPE = np.dtype([("record", "<i8"), ("allele", "<i4"), ("strand", "i1"), ("ll", "<f8")])
-STRAND_CODES = {"+": 1, "-": -1}
 TSV_COLUMNS = ("chrom", "pos", "id", "ref", "alt", "llr", "ref_ll", "alt_ll", "status")
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -72,30 +65,10 @@ def claim(out: Path, identity: dict, overwrite: bool) -> dict | None:
     return state
 
 
-def write_state(out: Path, state: dict) -> None:
-    """``state.pt`` atomically (serialised in memory first: a full disk is an OSError)."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    with atomic_path(out / STATE) as tmp:
-        tmp.write_bytes(buffer.getbuffer())
-
-
-def spool_path(out: Path) -> Path:
-    (out / SPOOL).mkdir(exist_ok=True)
-    return out / SPOOL / ROWS
-
-
-def spool_rows(scores: list[tuple[Row, float]]) -> np.ndarray:
-    rows = np.zeros(len(scores), dtype=ROW_DTYPE)
-    for i, (row, ll) in enumerate(scores):
-        rows[i] = (row.record, row.allele, STRAND_CODES[row.site.strand], ll)
-    return rows
-
-
-def allele_scores(spool: Path) -> dict[tuple[int, int], float]:
+def allele_scores(rows: np.ndarray) -> dict[tuple[int, int], float]:
     """(record, allele) -> log-likelihood, the mean over the strands it was scored on."""
     by_strand: dict[tuple[int, int], dict[int, float]] = {}
-    for record, allele, strand, ll in np.fromfile(spool, dtype=ROW_DTYPE).tolist():
+    for record, allele, strand, ll in rows.tolist():
         by_strand.setdefault((record, allele), {})[strand] = ll
     return {key: sum(lls.values()) / len(lls) for key, lls in by_strand.items()}
 

@@ -154,6 +154,20 @@ def score_method(
     return {"metrics": base_metrics(truth, guess, near), "by_position": by_position}
 
 
+def constant_baselines(rows: list[tuple[str, np.ndarray]]) -> dict:
+    """Every locus base labelled one class: the floor a model must beat (`all_intron` is
+    the majority class's accuracy), with each class's share of the bases."""
+    keep = [labels != IGNORE_INDEX for _, labels in rows]
+    truth = np.concatenate([labels[k] for (_, labels), k in zip(rows, keep, strict=True)])
+    near = np.concatenate(
+        [boundary_bases(labels)[k] for (_, labels), k in zip(rows, keep, strict=True)]
+    )
+    out = {"class_fractions": {c: float((truth == i).mean()) for i, c in enumerate(CLASSES)}}
+    for i, name in enumerate(CLASSES):
+        out[f"all_{name}"] = base_metrics(truth, np.full_like(truth, i), near)
+    return out
+
+
 def evaluate(runs: dict[str, Path], test_csv: Path, results: Path, setup: dict) -> dict:
     """Every method of METHODS on the test rows; JSON and plot into `results`."""
     rows = read_test_rows(test_csv)
@@ -179,6 +193,7 @@ def evaluate(runs: dict[str, Path], test_csv: Path, results: Path, setup: dict) 
         "boundary_bp": BOUNDARY_BP,
         "setup": setup,
         "results": table,
+        "baselines": constant_baselines(rows),
         "machine": environment("cpu"),
         "evaluate_s": round(time.perf_counter() - started, 1),
     }  # fmt: skip

@@ -28,9 +28,7 @@ from tqdm import tqdm
 from data import DNATokenizer, Genome
 from rmt.checkpoint import load_model, resolve_checkpoint
 from rmt.cli import autocast_dtype, user_errors, write_json
-from rmt.data_config import hf_tokenizer
-from rmt.hf_encoder import mlm_head_weights
-from rmt.hf_runner import hf_runner, is_hf_encoder_dir
+from rmt.hf_runner import bare_hf_model, is_hf_encoder_dir
 from rmt.infer.options import PROGRAM, InferOptions, infer_options
 from rmt.infer.outputs import (
     PLAN,
@@ -99,13 +97,10 @@ def hf_model(
     """A bare HF encoder, run segment by segment without memory (none was trained), with
     the longest segments its positions hold; its MLM head only if the weights hold one (an
     untrained head's scores would mean nothing), else embeddings only."""
-    tokenizer, hf = hf_tokenizer(path, "checkpoint"), options.hf
-    runner = hf_runner(
-        path, tokenizer, {"memory_tokens": 0, "segment_tokens": None}, hf.layout,
-        hf.attn_implementation, hf.trust_remote_code, kernels=options.kernels,
-    )  # fmt: skip
-    if not mlm_head_weights(path):
-        runner.head = None
+    hf = options.hf
+    runner, tokenizer = bare_hf_model(
+        path, hf.layout, hf.attn_implementation, hf.trust_remote_code, options.kernels
+    )
     log.warning(
         "%s is a bare Hugging Face encoder: no memory was trained, so it runs with "
         "memory_tokens=0, %d-token segments%s", path, runner.segment_tokens,

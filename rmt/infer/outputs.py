@@ -58,7 +58,8 @@ WEIGHTS = "model.safetensors"
 HF_SUFFIXES = (".json", ".safetensors", ".bin", ".py")
 
 
-def _file_identity(path: Path) -> dict:
+def file_identity(path: Path) -> dict:
+    """A file as an output directory's identity records it (path, size, mtime)."""
     stat = path.stat()
     return {"path": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
@@ -71,8 +72,8 @@ def run_identity(options: InferOptions, checkpoint: Path, fasta: list[str]) -> d
         config.pop(key, None)
     return {
         "config": config,
-        "checkpoint": _hf_identity(checkpoint) if bare else _file_identity(checkpoint / WEIGHTS),
-        "fasta": [_file_identity(Path(p)) for p in fasta],
+        "checkpoint": _hf_identity(checkpoint) if bare else file_identity(checkpoint / WEIGHTS),
+        "fasta": [file_identity(Path(p)) for p in fasta],
     }
 
 
@@ -80,7 +81,7 @@ def _hf_identity(directory: Path) -> dict:
     """The identities of the files a bare HF encoder is read from: no manifest ties them
     to its weights, as a checkpoint's ties its config and tokenizer to model.safetensors."""
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in HF_SUFFIXES)
-    return {p.name: _file_identity(p) for p in files}
+    return {p.name: file_identity(p) for p in files}
 
 
 def _differences(old, new, prefix: str = "") -> list[str]:

@@ -24,7 +24,13 @@ import pysam
 import torch
 
 from data.atomic import atomic_path
-from rmt.infer.outputs import STATE, prepare_output, remove_stale_temps, run_identity
+from rmt.infer.outputs import (
+    STATE,
+    file_identity,
+    prepare_output,
+    remove_stale_temps,
+    run_identity,
+)
 from rmt.score.options import ScoreOptions
 from rmt.score.vcf import SCORED, Checked
 
@@ -32,11 +38,6 @@ VCF, TSV = "scored.vcf", "scores.tsv"
 FINAL = (VCF, f"{VCF}.gz", f"{VCF}.gz.tbi", f"{VCF}.gz.csi", TSV)
 TSV_COLUMNS = ("chrom", "pos", "id", "ref", "alt", "llr", "ref_ll", "alt_ll", "status")
 GZIP_MAGIC = b"\x1f\x8b"
-
-
-def file_identity(path: Path) -> dict:
-    stat = path.stat()
-    return {"path": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def score_identity(options: ScoreOptions, checkpoint: Path, fasta: list[str]) -> dict:

@@ -70,12 +70,46 @@ def segment_flops(config: EncoderConfig, tokens: int, memory_tokens: int, head: 
 
     The blocks' projections and MLP on `tokens + memory_tokens` positions, attention
     scores and values over all of them, then (with `head`) the MLM head on the content
-    tokens. Norms, activations and softmax are left out: they are not matmuls.
+    tokens. Grouped-query attention projects keys and values to n_kv_heads heads only
+    (the scores still run over all n_heads). With experts, the active FLOPs: the router
+    and top_k experts per position (dropless; what a capacity limit drops is counted).
+    Norms, activations, softmax and the routing's sort are left out: they are not matmuls.
     """
-    d, f, n = config.d_model, config.d_ff, tokens + memory_tokens
-    up = 2 * f if config.activation != "gelu" else f
-    block = 2 * n * d * (3 * d + d + up) + 2 * n * f * d + 2 * 2 * n * n * d
+    d, n = config.d_model, tokens + memory_tokens
+    block = 2 * n * _attention_params(config) + 2 * 2 * n * n * d
+    block += 2 * n * _mlp_params(config)[1]
     return config.n_layers * block + (head_flops(config, tokens) if head else 0)
+
+
+def parameter_counts(config: EncoderConfig) -> tuple[int, int]:
+    """(total, active) parameters of the encoder: token embeddings, blocks, final norm
+    (not the MLM head). Active counts what one position uses: with experts, the router
+    and top_k of the n_experts; every other parameter is active."""
+    d = config.d_model
+    norm = d * (2 if config.norm == "layernorm" else 1)  # weight (and bias)
+    mlp_total, mlp_active = _mlp_params(config)
+    shared = config.vocab_size * d + norm + config.n_layers * (2 * norm + _attention_params(config))
+    return shared + config.n_layers * mlp_total, shared + config.n_layers * mlp_active
+
+
+def _attention_params(config: EncoderConfig) -> int:
+    """q and out at d_model x d_model, k and v at d_model x n_kv_heads * head_dim each."""
+    d = config.d_model
+    kv = config.n_kv_heads * (d // config.n_heads)
+    return d * (d + 2 * kv) + d * d
+
+
+def _mlp_params(config: EncoderConfig) -> tuple[int, int]:
+    """(total, active per position) parameters of one block's MLP, dense or experts."""
+
+    def mlp(d_ff: int) -> int:  # up (gate and up when gated) and down projections
+        return config.d_model * d_ff * (3 if config.activation != "gelu" else 2)
+
+    if not config.n_experts:
+        return mlp(config.d_ff), mlp(config.d_ff)
+    router = config.d_model * config.n_experts
+    expert = mlp(config.moe_d_ff)
+    return router + config.n_experts * expert, router + config.moe_top_k * expert
 
 
 def head_flops(config: EncoderConfig, tokens: int) -> int:

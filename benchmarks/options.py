@@ -66,6 +66,7 @@ class BenchOptions:
     threads: int | None = None
     seed: int = 0
     kernels: str = "auto"
+    compile: bool = False
     max_gb: float = 16.0
     max_point_s: float = 300.0
     progress: bool = True

@@ -63,6 +63,7 @@ class Point:
     seed: int = 0
     optimizer: str = "adamw"  # training steps: adamw | none (forward + backward only)
     toy_warmup: bool = False  # a `toy` step of the method before the point is built
+    compile: bool = False  # torch.compile the encoder (the RMT's native encoder only)
 
     @property
     def config(self) -> EncoderConfig:

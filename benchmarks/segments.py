@@ -68,8 +68,10 @@ def measure_point(point: Point) -> dict:
         build(toy(point)).step()
     workload = build(point)
     baseline = start_peak(point.device)
+    start = time.perf_counter()
     for _ in range(point.warmup):
-        workload.step()
+        workload.step()  # with compile: the graphs are compiled here
+    warmup_s = time.perf_counter() - start
     times: list[float] = []
     # At least `repeats` steps and `min_time_s` of them: a millisecond step timed three
     # times is noise, a minute-long one timed three times is enough.
@@ -89,6 +91,7 @@ def measure_point(point: Point) -> dict:
         "min_s": min(times),
         "repeats": len(times),
         "max_s": max(times),
+        "warmup_s": warmup_s,
         "tokens_per_s": point.content_tokens / median,
         "s_per_segment": median / point.segments,
         "baseline_mb": baseline / MB,
@@ -155,6 +158,7 @@ def plan(options: BenchOptions) -> list[Point]:
             seed=options.seed,
             optimizer=options.optimizer,
             toy_warmup=options.toy_warmup,
+            compile=options.compile,
         )
         for method in dict.fromkeys(options.methods)
         for n in sorted(set(segments[kind(method)]))
@@ -241,6 +245,7 @@ def describe(point: Point, result: dict, peak_flops: float) -> dict:
         "bptt_depth": point.bptt_depth if point.method == "rmt_truncated" else None,
         "optimizer": point.optimizer if kind(point.method) == "train" else None,
         "toy_warmup": point.toy_warmup,
+        "compile": point.compile,
         "model": f"d{config.d_model}x{config.n_layers} h{config.n_heads} v{config.vocab_size}",
         "device": point.device,
         "dtype": point.dtype,

@@ -44,6 +44,7 @@ from benchmarks.peers import luci_flops, luci_loss, luci_model, luci_stream
 from benchmarks.points import METHODS, RMT_TRAIN, Point
 from data import NucleotideTokenizer
 from rmt import Encoder, EncoderConfig, MemoryRunner, MLMHead, build_runner
+from rmt.compile import compile_runner
 from rmt.heads import IGNORE_INDEX
 from rmt.hf_encoder import HFEncoder, hf_encoder_config
 
@@ -124,7 +125,8 @@ def _runner(point: Point, config: EncoderConfig, backprop: str = "full") -> Memo
         "bptt_depth": point.bptt_depth if backprop == "truncated" else -1,
         "backprop": backprop,
     }
-    return build_runner(config, runner_config, kernels=point.kernels).to(point.device)
+    runner = build_runner(config, runner_config, kernels=point.kernels).to(point.device)
+    return compile_runner(runner, point.compile)
 
 
 def _streaming(point: Point, runner: MemoryRunner, input_ids: torch.Tensor) -> Callable[[], None]:
@@ -293,7 +295,8 @@ def _hf_runner(point: Point, config: EncoderConfig):
     encoder = HFEncoder(bert, hf_encoder_config(bert.config, NucleotideTokenizer(), HF_LAYOUT))
     head = MLMHead(config.d_model, config.vocab_size, encoder.embed_tokens, point.kernels)
     runner = MemoryRunner(encoder, m, point.segment_tokens, head=head).to(point.device)
-    return runner, flop_config, m + sum(encoder.config.special_positions(m))
+    positions = m + sum(encoder.config.special_positions(m))
+    return compile_runner(runner, point.compile), flop_config, positions
 
 
 def _hf_rmt_infer(point, config, input_ids, labels) -> Workload:

@@ -16,6 +16,7 @@ SCHEMA_MODULES = (
     "rmt.finetune_options",
     "rmt.infer.options",
     "rmt.score.options",
+    "rmt.generate.options",
     "benchmarks.options",
 )
 for _module in SCHEMA_MODULES:

@@ -14,10 +14,10 @@ from data.masking import IGNORE_INDEX  # labels are the data's: one definition, 
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm over the last dim, computed in at least fp32 and cast back."""
+    """RMSNorm over the last dim, x * rsqrt(mean(x^2) + eps) * weight, computed in at
+    least fp32 and cast back: torch's fused op, one pass instead of five elementwise ops."""
     xf = x.float() if x.element_size() < 4 else x
-    out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return (out * weight.to(xf.dtype)).to(x.dtype)
+    return F.rms_norm(xf, (x.shape[-1],), weight.to(xf.dtype), eps).to(x.dtype)
 
 
 def layer_norm(

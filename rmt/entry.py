@@ -104,6 +104,13 @@ def infer() -> None:
     run_app(main, "rmt-infer")
 
 
+def generate() -> None:
+    """rmt-generate"""
+    from rmt.generate import main
+
+    run_app(main, "rmt-generate")
+
+
 def score() -> None:
     """rmt-score"""
     from rmt.score import main

@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from curriculum import step_plan
+from rmt.moe import moe_metrics, reset_moe_stats
 from rmt.prefetch import Prefetcher
 from rmt.strategy import World, all_reduce_sum
 from rmt.tasks import StepLoss, TaskBatch
@@ -142,6 +143,7 @@ class TrainLoop:
         start = time.perf_counter()
         batches, wait = prefetch.get(plan)
         prefetch.submit(self.forecast())
+        reset_moe_stats(self.run.runner)  # expert loads of this step's forwards only
         totals, grad_norm = self.optimize(batches)
         elapsed = time.perf_counter() - start
         skipped = self.nonfinite(c.step + 1, totals["loss"], grad_norm)
@@ -151,7 +153,7 @@ class TrainLoop:
             "samples": sum(plan.sizes), "micro_batches": len(plan.sizes), **totals,
             "tokens_per_s": totals["tokens"] / elapsed, "step_time_s": elapsed,
             "data_wait_s": wait, "lr": self.strategy.lr, "grad_norm": grad_norm,
-            **({"skipped": True} if skipped else {}),
+            **moe_metrics(self.run.runner), **({"skipped": True} if skipped else {}),
         }  # fmt: skip
         progress.update(1)
         progress.set_postfix(loss=f"{record['loss']:.3f}", segments=plan.segments,

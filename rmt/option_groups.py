@@ -17,6 +17,7 @@ from omegaconf import MISSING
 from curriculum import build_curriculum
 from rmt.encoder import EncoderConfig
 from rmt.hf_encoder import LAYOUTS, check_hf_dir
+from rmt.markov import MarkovModel
 from rmt.option_errors import at_least, check, fraction, option_section
 from rmt.runner import BACKPROP_MODES, LOSS_ON
 
@@ -75,6 +76,16 @@ class ModelOptions:
     layout: str = "cls_mem_sep"  # where memory and [CLS]/[SEP] go (rmt.hf_encoder.LAYOUTS)
     attn_implementation: str | None = None  # the HF model's attention (sdpa, eager, ...)
     trust_remote_code: bool = False  # run the model code in `hf` (custom architectures)
+    causal: bool = False  # a decoder: next-base prediction (task=clm), rmt-generate
+    # Grouped-query attention and experts (rmt.encoder.EncoderConfig's fields and
+    # defaults, so the model files that do not use them need not list them).
+    n_kv_heads: int | None = None  # null: n_heads (multi-head attention)
+    n_experts: int = 0  # 0: dense MLPs
+    moe_top_k: int = 2
+    moe_d_ff: int | None = None  # null: d_ff
+    moe_capacity_factor: float | None = None  # null: dropless
+    moe_aux_weight: float = 0.01
+    moe_z_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.hf is not None:
@@ -159,6 +170,22 @@ class MLMTaskOptions:
 
     def __post_init__(self) -> None:
         check(self.name == "mlm", "task.name", self.name, "does not match task=mlm; use task=mlm")
+
+
+@dataclass
+class CLMTaskOptions:
+    """conf/task/clm.yaml: next-base prediction with a causal model (model.causal=true)."""
+
+    name: str = MISSING
+    markov_orders: list[int] = MISSING
+
+    def __post_init__(self) -> None:
+        check(self.name == "clm", "task.name", self.name, "does not match task=clm; use task=clm")
+        for order in self.markov_orders:
+            try:
+                MarkovModel(order)
+            except ValueError as err:
+                check(False, "task.markov_orders", self.markov_orders, f"cannot hold it: {err}")
 
 
 @dataclass

@@ -24,6 +24,7 @@ from omegaconf import MISSING, DictConfig
 from kernels import BACKENDS
 from rmt.option_errors import at_least, check, option_section, to_options
 from rmt.option_groups import (
+    CLMTaskOptions,
     DataOptions,
     DoublingCurriculumOptions,
     FixedCurriculumOptions,
@@ -36,16 +37,16 @@ from rmt.option_groups import (
 )
 
 # The group schemas are re-exported: engine code imports every options type from here.
-__all__ = ["BPEOptions", "DataOptions", "DoublingCurriculumOptions", "FixedCurriculumOptions",
-           "MLMTaskOptions", "MemorizeTaskOptions", "MemoryOptions", "ModelOptions",
-           "ThresholdCurriculumOptions", "TokenizerAppOptions", "TokenizerOptions",
+__all__ = ["BPEOptions", "CLMTaskOptions", "DataOptions", "DoublingCurriculumOptions",
+           "FixedCurriculumOptions", "MLMTaskOptions", "MemorizeTaskOptions", "MemoryOptions",
+           "ModelOptions", "ThresholdCurriculumOptions", "TokenizerAppOptions", "TokenizerOptions",
            "TrainOptions", "TrainerOptions", "option_section", "tokenizer_options",
            "train_options"]  # fmt: skip
 
 PRECISIONS = ("auto", "fp32", "bf16")
 ON_NONFINITE = ("stop", "skip")
 STRATEGIES = ("single", "ddp", "deepspeed")
-TASKS = {"mlm": MLMTaskOptions, "memorize": MemorizeTaskOptions}
+TASKS = {"mlm": MLMTaskOptions, "clm": CLMTaskOptions, "memorize": MemorizeTaskOptions}
 CURRICULA = {
     "fixed": FixedCurriculumOptions,
     "doubling": DoublingCurriculumOptions,
@@ -86,6 +87,7 @@ class TrainerOptions:
     max_skipped_steps: int = MISSING
     # Score every evaluation again with the memory reset per segment (rmt.evaluate).
     memory_gain: bool = True
+    compile: bool = False  # torch.compile the per-segment encoder call (rmt.compile)
 
     def __post_init__(self) -> None:
         self._check_strategy()
@@ -120,6 +122,9 @@ class TrainerOptions:
         check(self.zero_stage in stages, "trainer.zero_stage", self.zero_stage,
               f"does not fit trainer.strategy={self.strategy} (it takes {stages}); for ZeRO "
               "use trainer=deepspeed_zero1, deepspeed_zero2 or deepspeed_zero3")  # fmt: skip
+        check(not (self.compile and self.strategy == "deepspeed"), "trainer.compile",
+              self.compile, "is not supported with trainer.strategy=deepspeed (its engine "
+              "wraps the model's forward itself): use trainer.compile=false")  # fmt: skip
         check(self.precision in PRECISIONS, "trainer.precision", self.precision,
               f"is not a precision; choose one of {', '.join(PRECISIONS)}")  # fmt: skip
         if self.device != "auto":

@@ -42,6 +42,7 @@ from torch.utils.checkpoint import checkpoint
 from rmt.encoder import Encoder
 from rmt.heads import IGNORE_INDEX, MLMHead
 from rmt.loss import LOSS_ON, reduce_loss
+from rmt.moe import take_aux_loss
 from rmt.runner_sweep import SegmentResult, SegmentSweep, SweepPlan, SweepRecord
 
 BACKPROP_MODES = ("full", "truncated", "checkpoint", "replay")
@@ -273,9 +274,21 @@ class MemoryRunner(nn.Module):
         return new_memory, hidden
 
     def _step(self, task: _Task, j: int, memory: torch.Tensor) -> SegmentResult:
-        """Encode segment j from `memory` and score its losses: the one step every path runs."""
+        """Encode segment j from `memory` and score its losses: the one step every path runs.
+
+        An encoder with experts (rmt.moe) has an aux loss per forward. It joins this
+        segment's loss terms here, inside the step that replay and checkpointing
+        recompute, so every backprop mode and truncation depth treats it exactly like the
+        loss it rides on: weighted like the segment's labelled tokens (count x aux: the
+        step's aux is then a labelled-token-weighted mean over segments, micro-batches
+        and ranks, as the token loss is), or without labels like its final-head samples;
+        a segment without a loss (loss_on=last) adds none. Only its gradient is added
+        (aux - aux.detach() is exactly 0), so the losses returned, logged and evaluated
+        stay the task's own; the training loop logs the aux itself as `moe_aux`.
+        """
         ids, mask, labels = task.segments[j]
         new_memory, hidden = self._encode_segment(memory, ids, mask)
+        aux = take_aux_loss(self.encoder)
         result = SegmentResult(new_memory, hidden)
         if labels is not None:
             result.token_sum, result.token_count = task.head.loss(hidden, labels)
@@ -287,6 +300,12 @@ class MemoryRunner(nn.Module):
             if task.targets is not None:
                 result.final_sum = task.final_head.loss(outputs, task.targets[rows]).sum()
             result.final_outputs = outputs
+        if aux is not None and aux.requires_grad:
+            gradient_only = aux - aux.detach()
+            if result.token_sum is not None:
+                result.token_sum = result.token_sum + result.token_count * gradient_only
+            elif result.final_sum is not None:
+                result.final_sum = result.final_sum + len(rows) * gradient_only
         return result
 
     def _forward_autograd(self, task: _Task, cuts: set[int], return_hidden: bool):

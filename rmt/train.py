@@ -4,6 +4,7 @@
     rmt-train model=small memory.memory_tokens=16 trainer.max_steps=2000
     rmt-train -m memory.memory_tokens=4,8,16       # one run directory per job
     rmt-train experiment=memorize               # the long-range memorize task
+    rmt-train task=clm model.causal=true        # next-base prediction (then rmt-generate)
     rmt-train model.hf=/path/to/gena-lm         # continue a local Hugging Face encoder
 
 options -> `build` (the run's parts) -> `rmt.loop.TrainLoop` (plan, data ahead,
@@ -38,6 +39,7 @@ from data.tokenizers import DNATokenizer
 from rmt.best import BestCheckpoint
 from rmt.checkpoint import build_runner
 from rmt.cli import autocast_dtype, user_errors
+from rmt.compile import compile_runner
 from rmt.data_config import heldout_regions, make_genome, make_tokenizer
 from rmt.encoder import EncoderConfig
 from rmt.hf_runner import hf_runner
@@ -78,11 +80,43 @@ def make_runner(cfg: TrainOptions, tokenizer: DNATokenizer) -> MemoryRunner:
         )  # fmt: skip
 
 
+def check_causal(cfg: TrainOptions) -> None:
+    """Refuse a task the model's attention does not fit: next-base prediction needs a
+    causal model, and masked-LM a bidirectional one (its masked tokens need the context
+    on both sides)."""
+    name, model = cfg.task.name, cfg.model
+    if model.hf is not None and (name == "clm" or model.causal):
+        raise ValueError(
+            f"task={name} with model.causal={model.causal} needs this project's causal "
+            f"encoder, and model.hf={model.hf} is a bidirectional Hugging Face encoder: drop "
+            "model.hf (and set model.causal=true for task=clm)"
+        )
+    if name == "clm" and not model.causal:
+        raise ValueError(
+            "task=clm (next-base prediction) needs a causal model, and model.causal=false: "
+            "set model.causal=true"
+        )
+    if name == "mlm" and model.causal:
+        raise ValueError(
+            "model.causal=true cannot learn task=mlm (a token would not see the context "
+            "after it): use task=clm, or drop model.causal"
+        )
+
+
 def make_task(
     cfg: TrainOptions, runner: MemoryRunner, tokenizer, genome, heldout, device, amp
 ) -> Task:
     """The configured task (`task.name`), built from the shared data objects."""
     t, name = cfg.trainer, cfg.task.name
+    if name == "clm":
+        from rmt.tasks.clm import CLMTask
+
+        return CLMTask(
+            genome, tokenizer, heldout, markov_orders=cfg.task.markov_orders,
+            segment_tokens=runner.segment_tokens, loss_on=runner.loss_on,
+            rc_prob=cfg.data.rc_prob, seed=cfg.seed, eval_batch_size=t.eval_batch_size,
+            eval_max_tokens=t.eval_max_tokens, device=device, amp=amp, memory_gain=t.memory_gain,
+        )  # fmt: skip
     if name == "mlm":
         from rmt.tasks.mlm import MLMTask
 
@@ -99,7 +133,7 @@ def make_task(
         return MemorizeTask(
             runner, genome, tokenizer, heldout, seed=cfg.seed, device=device, amp=amp, **options
         )
-    raise ValueError(f"task.name={name!r}; choose mlm or memorize")
+    raise ValueError(f"task.name={name!r}; choose mlm, clm or memorize")
 
 
 def make_optimizer(params: list[tuple[str, torch.nn.Parameter]], t: TrainerOptions, max_steps: int):
@@ -173,6 +207,7 @@ def start_run(seed: int, t: TrainerOptions, run_dir: Path) -> tuple[World, torch
 def build(cfg: TrainOptions, run_dir: Path) -> Run:
     """The run's parts, restored from the run directory's latest checkpoint if it has one."""
     t = cfg.trainer
+    check_causal(cfg)
     world, amp = start_run(cfg.seed, t, run_dir)
     started = time.perf_counter()
     log.info("reading %s (a first run decompresses and indexes it) ...", ", ".join(cfg.data.fasta))
@@ -195,7 +230,7 @@ def assemble(
     optimizer over the trainable parameters (frozen ones are left out), strategy, state
     registry, checkpoints (`best`: also keep the best by a validation metric), metrics;
     restored from the run directory's latest checkpoint if it has one."""
-    module = TrainModule(runner, task)
+    module = TrainModule(compile_runner(runner, t.compile), task)
     planned = t.max_steps or curriculum.total_steps
     trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     optimizer, lr_schedule = make_optimizer(trainable, t, planned)

@@ -65,14 +65,16 @@ def skip_without_plugin(path: Path) -> None:
 
 
 def plain_overrides(root: str, tmp_path: Path) -> list[str]:
-    """Values the other apps' roots leave `???` (infer: a checkpoint and an output;
-    finetune: a checkpoint, a task kind and a training file; score: + a VCF)."""
+    """Values the other apps' roots leave `???` (infer, generate: a checkpoint and an
+    output; finetune: a checkpoint, a task kind and a training file; score: + a VCF)."""
     if root == "finetune":
         return [f"checkpoint={tmp_path / 'ckpt'}", "task=sequence_classification",
                 "data.train=train.csv"]  # fmt: skip
     if root == "score":
         out = tmp_path / "out"
         return [f"checkpoint={tmp_path / 'ckpt'}", "variants=calls.vcf", f"output={out}"]
+    if root == "generate":
+        return [f"checkpoint={tmp_path / 'ckpt'}", f"output={tmp_path / 'gen.fa'}"]
     if root != "infer":
         return []
     (tmp_path / "ckpt").mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from data import DNATokenizer, Genome
 from rmt.checkpoint import load_model, resolve_checkpoint
 from rmt.cli import autocast_dtype, user_errors, write_json
+from rmt.compile import compile_runner
 from rmt.hf_runner import bare_hf_model, is_hf_encoder_dir
 from rmt.infer.options import PROGRAM, InferOptions, infer_options
 from rmt.infer.outputs import (
@@ -85,6 +86,7 @@ def load_inputs(options: InferOptions, device: torch.device) -> Inputs:
         runner, tokenizer = hf_model(options, checkpoint, device)
     else:
         runner, tokenizer = load_model(checkpoint, device, options.kernels)
+    compile_runner(runner, options.compile)
     check(runner.head is not None or not options.tracks.masked_stride, "tracks.masked_stride",
           options.tracks.masked_stride, f"needs an MLM head and the model in {checkpoint} has "
           "none: use tracks.masked_stride=0 (embeddings only)")  # fmt: skip
@@ -169,7 +171,7 @@ def stream_shards(
     plan, out = claim.plan, Path(options.output)
     shard_bp = plan.shard_bp()
     mine = ranks.my_shards(shard_bp)
-    amp = autocast_dtype(options.precision, inputs.device)
+    amp = autocast_dtype(options.precision, inputs.device, "precision")
     progress = tqdm(
         total=sum(shard_bp[k] for k in mine), unit="bp", unit_scale=True, smoothing=0.05,
         disable=not options.progress or not ranks.world.is_main, desc=PROGRAM + ranks.label,

@@ -119,6 +119,7 @@ class InferOptions:
     save_every: int = 32
     device: str = "auto"
     kernels: str = "auto"
+    compile: bool = False
     precision: str = "auto"
     threads: int | None = None
     progress: bool = True

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from data import DNATokenizer, Genome
 from rmt.checkpoint import load_model, resolve_checkpoint
 from rmt.cli import autocast_dtype, user_errors, write_json
+from rmt.compile import compile_runner
 from rmt.infer.outputs import SPOOL, STATE, SUMMARY, errors_name
 from rmt.infer.plan import balance, infer_fasta
 from rmt.infer.ranks import Ranks
@@ -92,6 +93,7 @@ def load_inputs(options: ScoreOptions, device: torch.device) -> Inputs:
     if options.threads:
         torch.set_num_threads(options.threads)
     runner, tokenizer = load_model(checkpoint, device, options.kernels)
+    compile_runner(runner, options.compile)
     if runner.head is None:
         raise ValueError(
             f"checkpoint={checkpoint} has no MLM head (a fine-tuned model?): scoring needs "
@@ -176,7 +178,7 @@ def score_mine(
         disable=not options.progress or not world.is_main, desc=PROGRAM + ranks.label,
     )  # fmt: skip
     spool = RankSpool(Path(options.output), claim.attempt, world.rank)
-    amp = autocast_dtype(options.precision, inputs.device)
+    amp = autocast_dtype(options.precision, inputs.device, "precision")
     for n, k in enumerate(mine, 1):
         scores = score_chunk(inputs.runner, inputs.tokenizer, inputs.genome, chunks[k],
                              options.batch_size, inputs.device, amp)  # fmt: skip

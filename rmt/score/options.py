@@ -67,6 +67,7 @@ class ScoreOptions:
     save_every: int = 16
     device: str = "auto"
     kernels: str = "auto"
+    compile: bool = False
     precision: str = "auto"
     threads: int | None = None
     progress: bool = True

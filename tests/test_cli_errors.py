@@ -63,7 +63,8 @@ CASES = {
     ),
     "unknown top-level key": (TRAIN, ["memroy.x=1"], "unknown key memroy; did you mean memory?"),
     "no such group option": (
-        TRAIN, ["model=huge"], "model=huge: no such option in model/; choose one of base, dnafm, dnafm_7b",
+        TRAIN, ["model=huge"],
+        "model=huge: no such option in model/; choose one of base, dnafm, dnafm_7b",
     ),
     "a value for a group": (TRAIN, ["memory=3"], "takes the name of one of its options"),
     "malformed override": (TRAIN, ["trainer.lr=[1"], "cannot parse the override 'trainer.lr=[1'"),
@@ -134,7 +135,8 @@ def test_console_scripts_and_python_m_report_the_same(command, tmp_path):
     program = TRAIN if command[:2] == PY else Path(command[0]).name
     error = the_error(run(command, tmp_path), program)
     assert error.startswith(("unknown key", "model=huge: no such option"))
-    assert "did you mean" in error or "choose one of base, dnafm, dnafm_7b, gena_base, genos_medium, genos_small, small, tiny" in error
+    models = "base, dnafm, dnafm_7b, gena_base, genos_medium, genos_small, small, tiny"
+    assert "did you mean" in error or f"choose one of {models}" in error
 
 
 SUMMARIES = {"rmt-sweep-summary": sweep_summary.main, "rmt-bench-summary": report.main}

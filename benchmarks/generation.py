@@ -1,6 +1,6 @@
 """Generation with a causal RMT: how real do 100 kb of its E. coli look, next to Markov-5?
 
-    python -m benchmarks.generation --out runs/generation          # ~17 min on 2 CPU cores
+    python -m benchmarks.generation --out runs/generation          # ~25 min on 2 CPU cores
     python -m benchmarks.generation --out runs/generation --stage results   # redo tables
     python -m benchmarks.generation --out runs/generation_dry --dry-run     # ~1 min, toy
 

@@ -43,6 +43,7 @@ from benchmarks.measure import (
     environment,
     fork_context,
     matmul_peak,
+    parameter_counts,
     read_peak,
     run_isolated,
     start_peak,
@@ -234,6 +235,7 @@ def memory_metric(point: Point) -> str:
 def describe(point: Point, result: dict, peak_flops: float) -> dict:
     """One JSON line: what was measured, with what, and (when it ran) the figures."""
     config = point.config
+    total, active = parameter_counts(config)  # the configured encoder's (MoE: active < total)
     record = {
         "method": point.method,
         "kind": kind(point.method),
@@ -247,6 +249,8 @@ def describe(point: Point, result: dict, peak_flops: float) -> dict:
         "toy_warmup": point.toy_warmup,
         "compile": point.compile,
         "model": f"d{config.d_model}x{config.n_layers} h{config.n_heads} v{config.vocab_size}",
+        "parameters": total,
+        "active_parameters": active,
         "device": point.device,
         "dtype": point.dtype,
         **result,

@@ -43,6 +43,7 @@ __all__ = [
     "load_weights",
     "mlm_head",
     "model_config",
+    "refuse_causal",
     "remove_stale_temps",
     "resolve_checkpoint",
     "runner_config",
@@ -265,6 +266,25 @@ def load_model(
     load_weights(runner, ckpt / "model.safetensors", device, prefix)
     runner.to(device).eval()
     return runner, tokenizer
+
+
+def refuse_causal(checkpoint: str | os.PathLike, program: str, given: str) -> None:
+    """Stop `program`, which needs a bidirectional (masked-LM) encoder, at a causal model.
+
+    A decoder RMT (model.causal=true, trained with task=clm) loads like any other model,
+    so an app reading it as an encoder would give masked-LM scores, embeddings or an
+    export of a model that is none: plausible numbers, wrong meaning. Reads config.json
+    alone, of a `checkpoint` already resolved and verified, so the refusal comes before
+    the weights or any input are read. `given`: the checkpoint as the user named it, e.g.
+    "checkpoint=runs/x".
+    """
+    config = json.loads((Path(checkpoint) / "config.json").read_text())
+    encoder = config.get("encoder") if isinstance(config, dict) else None
+    if isinstance(encoder, dict) and encoder.get("causal") is True:
+        raise ValueError(
+            f"{given} holds a causal model (model.causal=true, trained with task=clm): "
+            f"{program} needs a masked-LM encoder; sample from it with rmt-generate"
+        )
 
 
 def _task_head(where: str, head_config: dict) -> torch.nn.Module:

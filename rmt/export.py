@@ -10,7 +10,8 @@ tokenizer.json and manifest.json, so `rmt.checkpoint.load_model(OUT)` and the ap
 `checkpoint=OUT` load it too. The class follows the model: a fine-tuned task head gives
 RMTForSequenceClassification or RMTForTokenClassification, an MLM head RMTForMaskedLM,
 neither RMTModel. A fine-tuning run exports its best model (checkpoints/best, the one its
-test.json scores), any other run its newest intact checkpoint.
+test.json scores), any other run its newest intact checkpoint. A causal model
+(model.causal=true) is refused: every class here is an encoder's.
 
 OUT is written atomically (a temp directory beside it, then a rename): a failed export
 leaves nothing, and an existing OUT that is not empty is refused, never overwritten.
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from data import DNATokenizer
 from rmt.best import best_checkpoint
-from rmt.checkpoint import load_model, model_config
+from rmt.checkpoint import load_model, model_config, refuse_causal, resolve_checkpoint
 from rmt.cli import user_errors
 from rmt.hf import (
     RMTConfig,
@@ -39,6 +40,8 @@ from rmt.hf import (
 from rmt.integrity import write_manifest
 from rmt.runner import MemoryRunner
 
+PROGRAM = "rmt-export"
+
 
 def export(run_or_checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Write the model of `run_or_checkpoint_dir` as an HF directory `out_dir`; return it."""
@@ -48,7 +51,9 @@ def export(run_or_checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike)
             f"{out} already exists and is not an empty directory; rmt-export writes a new "
             f"one: give another OUT, or remove {out} first"
         )
-    runner, tokenizer = load_model(_chosen(Path(run_or_checkpoint_dir)), device="cpu")
+    checkpoint = resolve_checkpoint(_chosen(Path(run_or_checkpoint_dir)))
+    refuse_causal(checkpoint, PROGRAM, str(run_or_checkpoint_dir))
+    runner, tokenizer = load_model(checkpoint, device="cpu")
     model = hf_model(runner, tokenizer)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
@@ -84,11 +89,11 @@ def hf_model(runner: MemoryRunner, tokenizer: DNATokenizer) -> RMTPreTrainedMode
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="rmt-export", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.split("\n")[0])
     parser.add_argument("run", help="a run directory or a checkpoint directory")
     parser.add_argument("out", help="the HF model directory to write (new, or empty)")
     args = parser.parse_args(argv)
-    with user_errors("rmt-export"):
+    with user_errors(PROGRAM):
         out = export(args.run, args.out)
         print(f"rmt-export: wrote {out} (load it with rmt.hf and transformers' Auto classes)")
 

@@ -5,6 +5,7 @@
     rmt-finetune task=sequence_regression ... task.pool=memory freeze=encoder
     rmt-finetune task=token_classification ... curriculum=doubling memory.backprop=replay
     rmt-finetune -m task=sequence_classification ... memory.bptt_depth=0,2,-1
+    rmt-finetune task=sequence_classification ... freeze=all task.head=linear  # a probe
     rmt-finetune task=sequence_classification checkpoint=/path/to/gena-lm ...  # HF encoder
 
 The same shape as rmt-train (rmt/train.py): options -> `build` -> `rmt.loop.TrainLoop`,
@@ -33,7 +34,7 @@ from curriculum import build_curriculum
 from data import DNATokenizer
 from data.labelled import LabelledData, load_dataset
 from rmt.best import BestCheckpoint
-from rmt.checkpoint import load_model, resolve_checkpoint
+from rmt.checkpoint import load_model, refuse_causal, resolve_checkpoint
 from rmt.cli import user_errors
 from rmt.data_config import hf_tokenizer
 from rmt.finetune_options import FinetuneMemoryOptions, FinetuneOptions, finetune_options
@@ -70,6 +71,7 @@ def pretrained_runner(options: FinetuneOptions) -> tuple[MemoryRunner, DNATokeni
 def checkpoint_pretrained(options: FinetuneOptions) -> tuple[MemoryRunner, DNATokenizer]:
     """A checkpoint's runner (a fine-tuned one's head dropped) with `memory` applied."""
     checkpoint = resolve_checkpoint(options.checkpoint)
+    refuse_causal(checkpoint, PROGRAM, f"checkpoint={options.checkpoint}")
     log.info("pre-trained model: %s", checkpoint)
     runner, tokenizer = load_model(checkpoint, kernels=options.kernels)
     if hasattr(runner, "task_head"):  # a fine-tuned checkpoint: its head is replaced
@@ -109,10 +111,15 @@ def default_memory_tokens() -> int:
 
 
 def make_task_head(
-    kind: str, data: LabelledData, runner: MemoryRunner, tokenizer: DNATokenizer, pool: str
+    kind: str,
+    data: LabelledData,
+    runner: MemoryRunner,
+    tokenizer: DNATokenizer,
+    pool: str,
+    head: str = "mlp",
 ) -> SequenceHead | TokenClassificationHead:
-    """A fresh head for `kind` on `runner`'s width; regression targets are normalised by
-    the train split's mean and std."""
+    """A fresh `head` (mlp | linear) for `kind` on `runner`'s width; regression targets
+    are normalised by the train split's mean and std."""
     d_model = runner.encoder.config.d_model
     if kind != "token_classification" and pool != "mean" and runner.memory_tokens == 0:
         raise ValueError(
@@ -121,11 +128,11 @@ def make_task_head(
         )
     if kind == "token_classification":
         return TokenClassificationHead(
-            d_model, len(data.classes), max_token_bases(tokenizer), names=data.classes
+            d_model, len(data.classes), max_token_bases(tokenizer), data.classes, head
         )
     if kind == "sequence_classification":
-        return SequenceHead(d_model, len(data.classes), "classification", pool, data.classes)
-    head = SequenceHead(d_model, len(data.targets), "regression", pool, data.targets)
+        return SequenceHead(d_model, len(data.classes), "classification", pool, data.classes, head)
+    regression = SequenceHead(d_model, len(data.targets), "regression", pool, data.targets, head)
     targets = np.array([np.atleast_1d(x.target) for x in data.train], dtype=np.float64)
     std = targets.std(0)
     if not (std > 0).all():
@@ -134,19 +141,27 @@ def make_task_head(
             f"the regression target {', '.join(constant)} is the same in every training "
             "example of data.train: nothing to learn; check data.label_column"
         )
-    head.set_normalization(torch.as_tensor(targets.mean(0)), torch.as_tensor(std))
-    return head
+    regression.set_normalization(torch.as_tensor(targets.mean(0)), torch.as_tensor(std))
+    return regression
+
+
+#: per `freeze` mode but none, the parameter-name prefixes that keep training (None: every
+#: one outside `encoder.`, which never trains then): the runner's learned memory is
+#: `memory.weight` (rmt.runner.LearnedMemory), the task head's weights `task_head.*`
+TRAINED = {
+    "encoder": None,
+    "all_but_memory_head": ("memory.", "task_head."),
+    "all": ("task_head.",),
+}
 
 
 def freeze(runner: MemoryRunner, mode: str) -> None:
     """Stop gradients to the weights `freeze` names (they keep their pre-trained values)."""
     if mode == "none":
         return
-    trained = ("memory.", "task_head.")
+    trained = TRAINED[mode]
     for name, parameter in runner.named_parameters():
-        if name.startswith("encoder.") or (
-            mode == "all_but_memory_head" and not name.startswith(trained)
-        ):
+        if name.startswith("encoder.") or (trained is not None and not name.startswith(trained)):
             parameter.requires_grad_(False)
 
 
@@ -166,7 +181,9 @@ def build(options: FinetuneOptions, run_dir: Path) -> Run:
     data = load_dataset(options.data, kind)
     check_splits(data, options)
     runner, tokenizer = pretrained_runner(options)
-    runner.task_head = make_task_head(kind, data, runner, tokenizer, options.task.pool)
+    runner.task_head = make_task_head(
+        kind, data, runner, tokenizer, options.task.pool, options.task.head
+    )
     freeze(runner, options.freeze)
     runner.to(world.device)
     task = FinetuneTask(

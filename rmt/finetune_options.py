@@ -19,7 +19,7 @@ from omegaconf import MISSING, DictConfig
 
 from data.labelled.options import DatasetOptions
 from kernels import BACKENDS
-from rmt.heads import POOLS
+from rmt.heads import HEADS, POOLS
 from rmt.option_errors import at_least, check, to_options
 from rmt.option_groups import HFOptions
 from rmt.options import CURRICULA, TrainerOptions
@@ -42,8 +42,8 @@ DEFAULT_BEST = {
 }
 #: none | encoder: the encoder's weights | all_but_memory_head: every weight but the
 #: learned memory and the task head (the same set as `encoder` while the runner has no
-#: other weights of its own)
-FREEZE = ("none", "encoder", "all_but_memory_head")
+#: other weights of its own) | all: every weight but the task head's (a probe)
+FREEZE = ("none", "encoder", "all_but_memory_head", "all")
 
 
 @dataclass
@@ -54,12 +54,17 @@ class FinetuneTaskOptions:
     # Sequence heads read the final memory (memory), the mean of the last segment's
     # hidden states (mean), or both concatenated; token heads ignore it.
     pool: str = MISSING
+    # The head's network: mlp (LayerNorm, dense, GELU, projection) or linear (one
+    # projection of the pooled vector or token state: with freeze=all, a linear probe).
+    head: str = MISSING
 
     def __post_init__(self) -> None:
         check(self.kind in KINDS, "task.kind", self.kind,
               f"is not a fine-tuning task; choose one of {', '.join(KINDS)}")  # fmt: skip
         check(self.pool in POOLS, "task.pool", self.pool,
               f"is not a pooling; choose one of {', '.join(POOLS)}")  # fmt: skip
+        check(self.head in HEADS, "task.head", self.head,
+              f"is not a task head; choose one of {', '.join(HEADS)}")  # fmt: skip
 
 
 @dataclass

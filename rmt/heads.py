@@ -4,7 +4,9 @@ MLMHead pre-trains. The task heads fine-tune, and are what the runner calls per 
 TokenClassificationHead is a segment head (`loss(hidden, labels) -> (sum, count)`, per
 base within each BPE token), SequenceHead a final head (read at each sequence's last
 segment). A fine-tuned runner carries one as `runner.task_head`; `config()` and
-`build_task_head` let a checkpoint rebuild it.
+`build_task_head` let a checkpoint rebuild it. Either reads its features through an MLP
+(`head="mlp"`, the default) or a single linear layer (`head="linear"`: a linear probe,
+how much the frozen features alone encode the label).
 """
 
 from __future__ import annotations
@@ -98,6 +100,9 @@ class MLMHead(nn.Module):
 
 SEQUENCE_KINDS = ("classification", "regression")
 POOLS = ("memory", "mean", "both")
+#: the network a task head reads its features through: mlp (LayerNorm, dense, GELU,
+#: projection) or linear (one projection, no norm: a linear probe of the features)
+HEADS = ("mlp", "linear")
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -117,6 +122,23 @@ def _mlp(in_dim: int, d_model: int, out_dim: int) -> nn.Sequential:
     return layers
 
 
+def _linear(in_dim: int, out_dim: int) -> nn.Linear:
+    """One projection, initialised as `_mlp`'s last layer: a fresh probe starts near
+    uniform probabilities or the (normalised) target mean too."""
+    layer = nn.Linear(in_dim, out_dim)
+    nn.init.normal_(layer.weight, std=0.02)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _network(head: str, in_dim: int, d_model: int, out_dim: int) -> nn.Module:
+    """The `head` network, registered by its kind's name (mlp.*, linear.*) so checkpoints
+    of MLP heads made before `head` existed keep their weight names."""
+    if head not in HEADS:
+        raise ValueError(f"head={head!r}; choose one of {HEADS}")
+    return _mlp(in_dim, d_model, out_dim) if head == "mlp" else _linear(in_dim, out_dim)
+
+
 class SequenceHead(nn.Module):
     """One prediction per sequence, read at the sequence's last segment (the runner's
     `final_head`): classification logits or regression values from the output memory,
@@ -125,7 +147,8 @@ class SequenceHead(nn.Module):
     Regression keeps per-target mean/std buffers (`set_normalization`, from the training
     targets): the network predicts normalised values, `forward` returns them in the
     original units and `loss` is the MSE in normalised units, so targets of any scale
-    train alike. `names` are the class names (classification) or target names.
+    train alike. `names` are the class names (classification) or target names; `head`
+    the network on the pooled vector (`HEADS`).
     """
 
     def __init__(
@@ -135,6 +158,7 @@ class SequenceHead(nn.Module):
         kind: str = "classification",
         pool: str = "memory",
         names: list[str] | None = None,
+        head: str = "mlp",
     ) -> None:
         super().__init__()
         if kind not in SEQUENCE_KINDS:
@@ -148,7 +172,9 @@ class SequenceHead(nn.Module):
             raise ValueError(f"{len(names)} names for a head with {num_outputs} outputs")
         self.d_model, self.num_outputs, self.kind, self.pool = d_model, num_outputs, kind, pool
         self.names = list(names) if names is not None else None
-        self.mlp = _mlp(d_model * (2 if pool == "both" else 1), d_model, num_outputs)
+        in_dim = d_model * (2 if pool == "both" else 1)
+        self.add_module(head, _network(head, in_dim, d_model, num_outputs))
+        self.head = head
         self.register_buffer("target_mean", torch.zeros(num_outputs))
         self.register_buffer("target_std", torch.ones(num_outputs))
 
@@ -161,7 +187,13 @@ class SequenceHead(nn.Module):
             "kind": self.kind,
             "pool": self.pool,
             "names": self.names,
+            "head": self.head,
         }
+
+    @property
+    def network(self) -> nn.Module:
+        """The MLP or the linear layer on the pooled vector."""
+        return getattr(self, self.head)
 
     def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Per-target mean and std of the training targets (regression only)."""
@@ -176,7 +208,7 @@ class SequenceHead(nn.Module):
     def pooled(
         self, memory: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The (b, d) or (b, 2d) vector the head reads, before its MLP."""
+        """The (b, d) or (b, 2d) vector the head reads, before its network."""
         parts = []
         if self.pool in ("memory", "both"):
             if memory.shape[1] == 0:
@@ -194,7 +226,7 @@ class SequenceHead(nn.Module):
         self, memory: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """(b, m, d) memory, (b, s, d) hidden, (b, s) mask -> (b, k) logits or values."""
-        out = self.mlp(self.pooled(memory, hidden, mask))
+        out = self.network(self.pooled(memory, hidden, mask))
         if self.kind == "regression":
             out = out * self.target_std + self.target_mean
         return out
@@ -212,10 +244,16 @@ class SequenceHead(nn.Module):
 class TokenClassificationHead(nn.Module):
     """Per-base classes from BPE tokens: each token's hidden state gives logits for every
     base it spans, up to `max_token_bases` (rmt.token_bases maps labels and predictions
-    between bases and tokens). A segment head: `loss(hidden, labels)` is (sum, count)."""
+    between bases and tokens). A segment head: `loss(hidden, labels)` is (sum, count);
+    `head` is the network on each hidden state (`HEADS`)."""
 
     def __init__(
-        self, d_model: int, num_classes: int, max_token_bases: int, names: list[str] | None = None
+        self,
+        d_model: int,
+        num_classes: int,
+        max_token_bases: int,
+        names: list[str] | None = None,
+        head: str = "mlp",
     ) -> None:
         super().__init__()
         if num_classes < 2 or max_token_bases < 1:
@@ -228,7 +266,8 @@ class TokenClassificationHead(nn.Module):
         self.d_model, self.num_classes = d_model, num_classes
         self.max_token_bases = max_token_bases
         self.names = list(names) if names is not None else None
-        self.mlp = _mlp(d_model, d_model, max_token_bases * num_classes)
+        self.add_module(head, _network(head, d_model, d_model, max_token_bases * num_classes))
+        self.head = head
 
     def config(self) -> dict:
         """What `build_task_head` needs to rebuild this head (weights travel separately)."""
@@ -238,18 +277,24 @@ class TokenClassificationHead(nn.Module):
             "num_classes": self.num_classes,
             "max_token_bases": self.max_token_bases,
             "names": self.names,
+            "head": self.head,
         }
+
+    @property
+    def network(self) -> nn.Module:
+        """The MLP or the linear layer on each hidden state."""
+        return getattr(self, self.head)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """(b, t, d) -> (b, t, max_token_bases, num_classes) logits."""
-        logits = self.mlp(hidden)
+        logits = self.network(hidden)
         return logits.unflatten(-1, (self.max_token_bases, self.num_classes))
 
     def loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed cross-entropy over labelled bases and their count (both 0-dim).
 
         labels (b, t, max_token_bases), IGNORE_INDEX where a token has no such base or the
-        base is unlabelled; only tokens with a labelled base go through the MLP.
+        base is unlabelled; only tokens with a labelled base go through the network.
         """
         selected = (labels != IGNORE_INDEX).any(-1)
         logits, chosen = _at_least_fp32(self(hidden[selected])), labels[selected]

@@ -24,8 +24,9 @@ from benchmarks.options import BenchOptions
 from benchmarks.peers import LUCI_MODULE, luci_flops
 from benchmarks.points import DEFAULT_METHODS, LUCI_METHODS, METHODS, Point
 from benchmarks.report import check_extras, summarize
-from benchmarks.segments import plan, project, run_bench, skip_reason
+from benchmarks.segments import describe, plan, project, run_bench, skip_reason
 from benchmarks.workloads import build
+from rmt.encoder import Encoder
 from rmt.option_errors import to_options
 
 TOY = [
@@ -156,6 +157,18 @@ def test_missing_peer_package_names_the_bench_extra(monkeypatch):
 @pytest.mark.parametrize("method", SWEEPING)
 def test_sweeping_modes_count_the_model_flops_of_full_bptt(method):
     assert build(toy_point(method)).model_flops == build(toy_point("rmt_full")).model_flops
+
+
+def test_records_count_the_parameters_a_position_uses():
+    """An MoE encoder runs top_k of its experts: active below total, counted from modules."""
+    moe = {"n_experts": 4, "moe_top_k": 2, "n_kv_heads": 1}
+    point = replace(toy_point("rmt_infer"), model=toy_point("rmt_infer").model + tuple(moe.items()))
+    record = describe(point, {"status": "skipped"}, 1.0)
+    encoder = Encoder(point.config)
+    assert record["parameters"] == sum(p.numel() for p in encoder.parameters())
+    expert = sum(p.numel() for p in encoder.blocks[0].mlp.experts[0].parameters())
+    # 2 layers, each running 2 of its 4 experts per position
+    assert record["parameters"] - record["active_parameters"] == 2 * 2 * expert
 
 
 @pytest.mark.slow

@@ -19,7 +19,10 @@ from hydra.errors import MissingConfigException
 
 from benchmarks import report
 from benchmarks.report import check_extras
-from rmt import entry, sweep_summary
+from data import NucleotideTokenizer
+from rmt import entry, export, sweep_summary
+from rmt.checkpoint import build_runner, save_checkpoint
+from rmt.encoder import EncoderConfig
 from rmt.install import CONFIG_PATH
 
 pytestmark = pytest.mark.slow  # each test starts an app in a subprocess
@@ -119,6 +122,49 @@ def test_a_mistake_in_a_users_config_file_names_the_file(
     (tmp_path / "experiment" / "mine.yaml").write_text(f"# @package _global_\n{body}\n")
     args = ["--config-dir", str(tmp_path), "experiment=mine", "--cfg", "job"]
     assert in_process(TRAIN, args, capsys, monkeypatch) == expected
+
+
+def causal_checkpoint(directory: Path) -> Path:
+    """A tiny untrained decoder RMT (model.causal=true), as rmt-train task=clm saves one."""
+    config = EncoderConfig(vocab_size=10, d_model=32, n_layers=1, n_heads=2, causal=True)
+    runner = build_runner(config, {"memory_tokens": 2, "segment_tokens": 16}, kernels="torch")
+    return save_checkpoint(directory, runner, NucleotideTokenizer())
+
+
+def finetune_data(directory: Path) -> str:
+    rows = "".join(f"{'ACGTTGCA' * 8},{label}\n" for label in "ab")
+    (directory / "train.csv").write_text("sequence,label\n" + rows)
+    return f"data.train={directory / 'train.csv'}"
+
+
+MASKED_LM_APPS = {
+    INFER: lambda ckpt, tmp: [f"checkpoint={ckpt}", f"output={tmp / 'out'}"],
+    SCORE: lambda ckpt, tmp: [f"checkpoint={ckpt}", f"variants={tmp / 'v.vcf'}",
+                              f"output={tmp / 'out'}"],
+    FINETUNE: lambda ckpt, tmp: [f"checkpoint={ckpt}", "task=sequence_classification",
+                                 finetune_data(tmp), f"hydra.run.dir={tmp / 'run'}"],
+    "rmt-export": lambda ckpt, tmp: [str(ckpt), str(tmp / "out")],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("program", MASKED_LM_APPS)
+def test_the_masked_lm_apps_refuse_a_causal_checkpoint(program, capsys, monkeypatch, tmp_path):
+    ckpt = causal_checkpoint(tmp_path / "clm")
+    monkeypatch.chdir(tmp_path)
+    args = MASKED_LM_APPS[program](ckpt, tmp_path)
+    if program == "rmt-export":
+        with pytest.raises(SystemExit) as exit_:
+            export.main(args)
+        captured = capsys.readouterr()
+        proc = subprocess.CompletedProcess(args, exit_.value.code, captured.out, captured.err)
+        error, given = the_error(proc, program), str(ckpt)
+    else:
+        error, given = in_process(program, args, capsys, monkeypatch), f"checkpoint={ckpt}"
+    assert error == (
+        f"{given} holds a causal model (model.causal=true, trained with task=clm): {program} "
+        "needs a masked-LM encoder; sample from it with rmt-generate"
+    )
+    assert not (tmp_path / "out").exists()  # refused before any output
 
 
 SCRIPTS = [

@@ -160,6 +160,12 @@ def test_options_carry_the_names_engine_code_reads():
     assert (zero3.trainer.strategy, zero3.trainer.zero_stage) == ("deepspeed", 3)
 
 
+def test_genos_cpu_experiment_is_genos_small_over_128_tokens():
+    o = train_options(compose_config("train", ["experiment=genos_cpu"]))
+    assert o.tokenizer.vocab_size == 128
+    assert (o.model.n_experts, o.model.moe_top_k, o.model.n_kv_heads) == (4, 2, 2)
+
+
 def test_sweep_parameters_name_keys_of_the_schema():
     for path in sorted((CONF / "experiment").glob("*.yaml")):
         skip_without_plugin(path)

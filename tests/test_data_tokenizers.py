@@ -200,3 +200,14 @@ def test_train_bpe_max_bp_samples_across_the_genome(write_fasta, tmp_path: Path)
 def test_train_rejects_tiny_vocab() -> None:
     with pytest.raises(TokenizerError, match="must exceed 10"):
         BPETokenizer.train(["ACGT"], vocab_size=8)
+
+
+def test_genos_sized_bpe_of_128_tokens(lambda_genome: Genome, lambda_seq: str) -> None:
+    """experiment=genos_cpu's vocabulary: 5 specials, A C G T N and 118 merges, lossless."""
+    tok = train_bpe(lambda_genome, 128)
+    assert tok.vocab_size == 128
+    pieces = [tok.decode([i]) for i in range(tok.vocab_size) if i not in tok.special_ids]
+    assert len(pieces) == 123 and len(set(pieces)) == 123
+    assert all(set(piece) <= set("ACGTN") for piece in pieces)
+    assert max(map(len, pieces)) > 2  # merges of merges, not only dinucleotides
+    assert_offsets_exact(tok, lambda_seq[:20_000])

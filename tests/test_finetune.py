@@ -16,10 +16,11 @@ import torch
 from fast_config import FAST_TRAIN
 from hydra import compose, initialize_config_module
 from safetensors.torch import load_file
-from sklearn.metrics import mean_squared_error
+from sklearn.metrics import log_loss, mean_squared_error
 
 from data import ECOLI_HELDOUT, Genome, bundled_genome
 from data.labelled import LabelledData
+from rmt.api import SequenceClassification
 from rmt.checkpoint import build_runner, load_model
 from rmt.encoder import EncoderConfig
 from rmt.finetune import finetune, make_task_head
@@ -232,6 +233,39 @@ def test_freeze_encoder_leaves_its_weights_bit_identical(tmp_path, pretrained, g
     assert not torch.equal(after["memory.weight"], before["memory.weight"])
 
 
+def test_a_linear_probe_trains_only_its_linear_head_and_reloads_through_the_api(
+    tmp_path, pretrained, genomes
+):
+    data = splits(tmp_path, species_rows(genomes))
+    overrides = ["task=sequence_classification", "freeze=all", "task.head=linear",
+                 "eval.max_segments=null", *data]  # fmt: skip
+    run(tmp_path / "run", pretrained, overrides)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    before = load_file(next((pretrained / "checkpoints").glob("step-*")) / "model.safetensors")
+    middle = load_file(checkpoints / "step-00000002" / "model.safetensors")
+    after = load_file(checkpoints / "step-00000004" / "model.safetensors")
+    head = {name for name in after if name.startswith("task_head.")}
+    assert head == {"task_head.linear.weight", "task_head.linear.bias",
+                    "task_head.target_mean", "task_head.target_std"}  # fmt: skip
+    frozen = after.keys() - head
+    assert "memory.weight" in frozen and any(n.startswith("encoder.") for n in frozen)
+    assert all(torch.equal(after[n], before[n]) for n in frozen)  # encoder and memory
+    assert not torch.equal(after["task_head.linear.weight"], middle["task_head.linear.weight"])
+    # The best checkpoint reloads through the API as the same one Linear; its predictions
+    # on the test split give test.json's log loss (both read whole sequences, memory carried).
+    model = SequenceClassification.from_pretrained(tmp_path / "run")
+    assert model.head.config()["head"] == "linear"
+    assert [type(m) for m in model.head.children()] == [torch.nn.Linear]
+    rows = read_csv(tmp_path / "test.csv")
+    got = model.predict([r["sequence"] for r in rows], batch_size=4)
+    truth = [model.names.index(r["label"]) for r in rows]
+    report = json.loads((tmp_path / "run" / "test.json").read_text())["memory"]["carried"]
+    probabilities = got.probabilities.astype(np.float64)
+    probabilities /= probabilities.sum(1, keepdims=True)  # fp32 rows sum to 1 within 1e-7
+    loss = log_loss(truth, probabilities, labels=[0, 1])
+    assert loss == pytest.approx(report["loss"], rel=1e-4)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -241,6 +275,8 @@ def test_freeze_encoder_leaves_its_weights_bit_identical(tmp_path, pretrained, g
          "task.kind='classify' is not a fine-tuning task; choose one of sequence_classification"),
         (["checkpoint=CKPT", "task=sequence_classification", "task.pool=max"],
          "task.pool='max' is not a pooling; choose one of"),
+        (["checkpoint=CKPT", "task=token_classification", "task.head=deep"],
+         "task.head='deep' is not a task head; choose one of mlp, linear"),
         (["checkpoint=CKPT", "task=sequence_regression", "best_metric=auroc"],
          "best_metric='auroc' is not a sequence_regression metric; choose one of pearson"),
     ],

@@ -17,7 +17,14 @@ from rmt.checkpoint import build_runner, load_model, save_checkpoint
 from rmt.encoder import EncoderConfig
 from rmt.generate import GenerateOptions, generate_options, run_generation
 from rmt.generate.prompt import read_prompt
-from rmt.generate.sample import Sampling, choose, sample_tokens, top_k_filter, top_p_filter
+from rmt.generate.sample import (
+    Sampling,
+    banned_tokens,
+    choose,
+    sample_tokens,
+    top_k_filter,
+    top_p_filter,
+)
 from rmt.infer.stream import peak_rss_mb
 from rmt.runner import MemoryRunner
 
@@ -33,10 +40,6 @@ def causal_runner(tokenizer: DNATokenizer, causal: bool = True) -> MemoryRunner:
 
 def checkpoint(directory: Path, tokenizer: DNATokenizer, causal: bool = True) -> Path:
     return save_checkpoint(directory, causal_runner(tokenizer, causal), tokenizer)
-
-
-def banned(tokenizer: DNATokenizer) -> torch.Tensor:
-    return torch.tensor([not tokenizer.decode([i]) for i in range(tokenizer.vocab_size)])
 
 
 def generate(tmp_path: Path, ckpt: Path, name: str = "out.fa", **settings) -> dict[str, str]:
@@ -90,6 +93,44 @@ def test_sampling_draws_from_the_renormalised_nucleus():
         assert choose(PROBS.log(), greedy, generator).tolist() == [1]
 
 
+# -- what may be drawn ------------------------------------------------------------------
+def test_only_tokens_spelling_acgt_may_be_drawn():
+    assert banned_tokens(NucleotideTokenizer()).tolist() == [True] * 5 + [False] * 4 + [True]
+    bpe = BPETokenizer.train(["ACGTTNNNNNGGCANNACGT" * 40, "ACGGTTAC" * 40], 40)
+    pieces = [bpe.decode([i]) for i in range(bpe.vocab_size)]
+    banned = banned_tokens(bpe).tolist()
+    with_n = [i for i, piece in enumerate(pieces) if "N" in piece]
+    assert any(len(pieces[i]) > 1 for i in with_n)  # merges that hold an N ...
+    assert all(banned[i] for i in with_n)  # ... are banned, as are N and the specials
+    assert all(banned[i] for i in bpe.special_ids) and not banned[bpe.token_to_id("A")]
+    allowed = [piece for piece, ban in zip(pieces, banned, strict=True) if not ban]
+    assert any(len(piece) > 1 for piece in allowed) and all(set(p) <= set("ACGT") for p in allowed)
+
+
+class GapsOnly(NucleotideTokenizer):
+    """A vocabulary of specials and N alone."""
+
+    def decode(self, ids) -> str:
+        return "".join("N" for i in ids if i >= 5)
+
+
+def test_a_vocabulary_without_bases_is_refused():
+    with pytest.raises(ValueError, match=r"has no token that spells only A, C, G and T"):
+        banned_tokens(GapsOnly())
+
+
+def test_n_and_special_tokens_are_never_drawn_even_when_the_most_likely(tmp_path):
+    tokenizer = NucleotideTokenizer()
+    runner = causal_runner(tokenizer)
+    with torch.no_grad():  # N and every special token far above the bases, always
+        runner.head.decoder.bias[:5] = 30.0
+        runner.head.decoder.bias[tokenizer.token_to_id("N")] = 40.0
+    ckpt = save_checkpoint(tmp_path / "ckpt", runner, tokenizer)
+    for name, temperature in (("greedy.fa", 0.0), ("hot.fa", 3.0)):
+        records = generate(tmp_path, ckpt, name, length=200, batch=2, temperature=temperature)
+        assert all(len(seq) == 200 and set(seq) <= set("ACGT") for seq in records.values())
+
+
 # -- the token loop ---------------------------------------------------------------------
 def brute_force_greedy(runner: MemoryRunner, ids: torch.Tensor, steps: int, ban) -> list[int]:
     """Greedy decoding by the runner's full forward over the whole growing sequence."""
@@ -108,11 +149,11 @@ def test_greedy_sampling_equals_brute_force_argmax_over_the_full_forward():
     runner = causal_runner(tokenizer).double().eval()
     prompt = torch.as_tensor(tokenizer.encode("ACGTA").ids)[None]
     steps = 40  # 5 + 40 tokens: two segment boundaries (16, 32) crossed while sampling
-    want = brute_force_greedy(runner, prompt, steps, banned(tokenizer))
-    assert len(set(want)) > 1 and all(token >= 5 for token in want)  # bases, no specials
+    want = brute_force_greedy(runner, prompt, steps, banned_tokens(tokenizer))
+    assert len(set(want)) > 1 and all(5 <= token <= 8 for token in want)  # A C G T only
     for greedy in (Sampling(temperature=0.0), Sampling(top_k=1)):
         generator = torch.Generator().manual_seed(0)
-        tokens = sample_tokens(runner, prompt, greedy, banned(tokenizer), generator)
+        tokens = sample_tokens(runner, prompt, greedy, banned_tokens(tokenizer), generator)
         assert [int(next(tokens)) for _ in range(steps)] == want
 
 
@@ -133,7 +174,7 @@ def test_the_fasta_has_exact_lengths_lines_and_bases(tmp_path, lambda_bpe):
     settings = {"length": 1003, "batch": 3, "line_width": 50, "record_name": "rmt"}
     records = generate(tmp_path, ckpt, **settings, temperature=0.9, top_p=0.95)
     assert list(records) == ["rmt_1", "rmt_2", "rmt_3"]
-    assert all(len(seq) == 1003 and set(seq) <= set("ACGTN") for seq in records.values())
+    assert all(len(seq) == 1003 and set(seq) <= set("ACGT") for seq in records.values())
     lines = (tmp_path / "out.fa").read_text().splitlines()
     sequence_lines = [line for line in lines if not line.startswith(">")]
     assert [len(line) for line in sequence_lines] == ([50] * 20 + [3]) * 3
@@ -159,7 +200,7 @@ def test_a_fasta_region_prompt_is_read_and_continued(tmp_path, write_fasta):
     records = generate(tmp_path, ckpt, prompt=f"{fasta}:chr1:5-14", length=40, temperature=0.0)
     runner, _ = load_model(ckpt, kernels="torch")
     ids = torch.as_tensor(tokenizer.encode("ACGGTTCCAA").ids)[None]
-    steps = sample_tokens(runner, ids, Sampling(0.0), banned(tokenizer), torch.Generator())
+    steps = sample_tokens(runner, ids, Sampling(0.0), banned_tokens(tokenizer), torch.Generator())
     assert records["generated"] == tokenizer.decode([int(next(steps)) for _ in range(40)])
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from data import BPETokenizer
 from data.masking import IGNORE_INDEX
 from rmt import EncoderConfig, MemoryRunner, build_runner, load_model, save_checkpoint
-from rmt.heads import SequenceHead, TokenClassificationHead, build_task_head
+from rmt.heads import HEADS, SequenceHead, TokenClassificationHead, build_task_head
 from rmt.integrity import CheckpointError
 from rmt.token_bases import max_token_bases, token_base_labels
 
@@ -98,15 +98,23 @@ def test_bad_head_options_name_the_fix() -> None:
         SequenceHead(D, 2)(torch.zeros(1, 0, D), torch.zeros(1, 3, D))
     with pytest.raises(ValueError, match="type='crf'; choose one of"):
         build_task_head({"type": "crf"})
+    with pytest.raises(ValueError, match=r"head='deep'; choose one of \('mlp', 'linear'\)"):
+        TokenClassificationHead(D, 2, 4, head="deep")
 
 
-def make_head(kind: str) -> torch.nn.Module:
+def make_head(kind: str, head: str = "mlp") -> torch.nn.Module:
     if kind == "token":
-        return TokenClassificationHead(D, 3, 6, names=["exon", "intron", "flank"])
-    head = SequenceHead(D, 2, kind=kind, pool="both")
+        return TokenClassificationHead(D, 3, 6, names=["exon", "intron", "flank"], head=head)
+    made = SequenceHead(D, 2, kind=kind, pool="both", head=head)
     if kind == "regression":
-        head.set_normalization(torch.tensor([5.0, -1.0]), torch.tensor([2.0, 3.0]))
-    return head
+        made.set_normalization(torch.tensor([5.0, -1.0]), torch.tensor([2.0, 3.0]))
+    return made
+
+
+def output_layer(head: torch.nn.Module) -> torch.nn.Linear:
+    """The head's last projection: the MLP's last layer, or the linear head itself."""
+    network = head.network
+    return network[-1] if isinstance(network, torch.nn.Sequential) else network
 
 
 def head_outputs(runner: MemoryRunner, ids: torch.Tensor) -> torch.Tensor:
@@ -116,21 +124,49 @@ def head_outputs(runner: MemoryRunner, ids: torch.Tensor) -> torch.Tensor:
     return runner.task_head(out.memory, out.hidden[:, -8:])
 
 
+@pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("kind", ["classification", "regression", "token"])
 def test_a_task_head_round_trips_through_a_checkpoint(
-    kind: str, tmp_path: Path, lambda_bpe: BPETokenizer, lambda_genome
+    kind: str, head: str, tmp_path: Path, lambda_bpe: BPETokenizer, lambda_genome
 ) -> None:
     runner = tiny_runner(lambda_bpe.vocab_size)
-    runner.task_head = make_head(kind)
-    torch.nn.init.normal_(runner.task_head.mlp[3].weight)  # not the initial values
+    runner.task_head = make_head(kind, head)
+    torch.nn.init.normal_(output_layer(runner.task_head).weight)  # not the initial values
     ids = torch.from_numpy(lambda_bpe.encode(lambda_genome.fetch("NC_001416.1", 0, 300)).ids)[None]
     save_checkpoint(tmp_path / "ckpt", runner, lambda_bpe)
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert config["task_head"] == runner.task_head.config()
     loaded, _ = load_model(tmp_path / "ckpt")
     assert loaded.task_head.config() == runner.task_head.config()
+    assert config["task_head"]["head"] == head and type(loaded.task_head.network) is type(
+        runner.task_head.network
+    )
     with torch.no_grad():
         torch.testing.assert_close(head_outputs(loaded, ids), head_outputs(runner, ids))
+
+
+@pytest.mark.parametrize("kind", ["classification", "regression", "token"])
+def test_a_linear_head_is_one_linear_layer_on_the_features(kind: str) -> None:
+    head = make_head(kind, "linear")
+    assert [type(m) for m in head.children()] == [torch.nn.Linear]
+    assert {name for name, _ in head.named_parameters()} == {"linear.weight", "linear.bias"}
+    memory, hidden, mask = inputs()
+    with torch.no_grad():
+        if kind == "token":
+            got, want = head(hidden).flatten(-2), head.linear(hidden)
+        else:
+            got = head(memory, hidden, mask)
+            want = head.linear(head.pooled(memory, hidden, mask))
+            want = want * head.target_std + head.target_mean
+    torch.testing.assert_close(got, want)
+
+
+def test_a_checkpoint_head_without_a_head_entry_is_an_mlp() -> None:
+    """Heads saved before `head` existed have no entry: they rebuild as MLPs, as made."""
+    config = make_head("classification").config()
+    del config["head"]
+    rebuilt = build_task_head(config)
+    assert rebuilt.head == "mlp" and isinstance(rebuilt.network, torch.nn.Sequential)
 
 
 def test_a_pretrained_checkpoint_loads_without_a_task_head(tmp_path: Path, lambda_bpe) -> None:

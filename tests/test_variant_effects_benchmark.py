@@ -11,6 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pysam
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from benchmarks.species_data import SPECIES, TEST_STRAINS, default_bacteria_dir
 from benchmarks.variant_effects import FLANK_BP, duplication_upstream, main
@@ -24,7 +25,7 @@ from benchmarks.variant_effects_data import (
     write_duplicates,
     write_vcf,
 )
-from benchmarks.variant_effects_eval import class_report
+from benchmarks.variant_effects_eval import auroc, class_report
 from data import Genome, reverse_complement
 from data.fasta import clean_sequence, open_fasta
 from rmt.score.alleles import context_bounds, site
@@ -168,6 +169,16 @@ def test_class_report_ranks_and_orders_known_scores():
 
 
 @needs_bacteria
+def test_auroc_is_sklearns_with_ties_and_none_without_both_classes():
+    rng = np.random.default_rng(0)
+    llr = rng.integers(-3, 3, 200).astype(float)  # many ties
+    effect = rng.choice(["missense", "synonymous", "nonsense"], 200)
+    pick = effect != "nonsense"
+    expected = roc_auc_score(effect[pick] == "synonymous", llr[pick])
+    assert auroc(llr, effect, "missense", "synonymous") == pytest.approx(expected, abs=1e-12)
+    assert auroc(llr, effect, "missense", "stop_lost") is None
+
+
 def test_pyrodigal_genes_on_a_real_genome_are_cds():
     fasta = open_fasta(BACTERIA / "escherichia_coli_DH1.fa.gz")
     name = next(iter(fasta.records))

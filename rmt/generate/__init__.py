@@ -10,11 +10,12 @@ summary.
 The checkpoint must hold a causal model (rmt-train task=clm model.causal=true); a
 checkpoint directory or a run directory (its checkpoints/latest), as for rmt-infer. The
 prompt streams through the memory segment by segment; then each token is drawn from the
-model's next-token distribution (``temperature``, ``top_k``, ``top_p``; special tokens
-never), decoded over a key/value cache, and each segment's memory is written when it
-fills, so memory use does not grow with ``length``. Every record gets exactly ``length``
-bp (the last token's bases cut to fit). OUT.fa gets ``batch`` records (``record_name``,
-or ``record_name_1`` ... for a batch) in ``line_width``-base lines, written atomically;
+model's next-token distribution (``temperature``, ``top_k``, ``top_p``; never a token
+spelling anything but A, C, G, T: no special token, no N), decoded over a key/value
+cache, and each segment's memory is written when it fills, so memory use does not grow
+with ``length``. Every record gets exactly ``length`` bp of A, C, G and T (the last
+token's bases cut to fit). OUT.fa gets ``batch`` records (``record_name``, or
+``record_name_1`` ... for a batch) in ``line_width``-base lines, written atomically;
 generate.json beside it (or at ``summary``) the settings, bp/s and peak RSS.
 
 The package, in the order a run goes through it:

@@ -28,7 +28,7 @@ from rmt.checkpoint import load_model, resolve_checkpoint
 from rmt.cli import autocast_dtype, pick_device, user_errors, write_json
 from rmt.generate.options import PROGRAM, GenerateOptions, generate_options
 from rmt.generate.prompt import read_prompt
-from rmt.generate.sample import Sampling, sample_tokens
+from rmt.generate.sample import Sampling, banned_tokens, sample_tokens
 from rmt.infer.stream import peak_rss_mb
 from rmt.install import CONFIG_PATH
 from rmt.runner import MemoryRunner
@@ -118,7 +118,7 @@ def generate_into(
     generator = torch.Generator(device).manual_seed(options.seed)
     ids, first = prompt_ids(tokenizer, prompt, options.batch, generator)
     pieces = [tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]
-    banned = torch.tensor([not piece for piece in pieces], device=device)
+    banned = banned_tokens(tokenizer).to(device)
     left = [options.length] * options.batch
     for record, bases in enumerate(first):
         spool.write(record, bases)

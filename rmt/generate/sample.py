@@ -6,8 +6,9 @@
 The prompt streams through the memory (`rmt.decoding.StreamDecoder`: segment by segment,
 the last part of it into the KV cache), then every new token is decoded over the cache
 and each segment's memory is written when it fills, so memory use stays that of one
-segment however long the output. Tokens that spell no base (special tokens) are `banned`:
-their logits are -inf, so they are never drawn.
+segment however long the output. Tokens that spell anything but A, C, G and T are
+`banned` (`banned_tokens`: special tokens, which spell nothing, `N`, BPE pieces holding an
+N): their logits are -inf before any filtering, so they are never drawn.
 
 Filtering follows the usual order: divide by `temperature`, keep the `top_k` most likely
 tokens, then the smallest set of the most likely whose probability reaches `top_p`.
@@ -21,8 +22,11 @@ from dataclasses import dataclass
 
 import torch
 
+from data import DNATokenizer
 from rmt.decoding import StreamDecoder
 from rmt.runner import MemoryRunner
+
+BASES = frozenset("ACGT")  # what a drawn token may spell
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,30 @@ class Sampling:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+
+
+def banned_tokens(tokenizer: DNATokenizer) -> torch.Tensor:
+    """(vocab,) bool, True for every token whose decoded bases are not all A/C/G/T.
+
+    Generated DNA must be sequence: a special token ([PAD], [MASK], ...) spells nothing
+    and, fed back, puts what no training sequence held into the context; `N` (or a BPE
+    piece holding one) is an assembly gap, not a base, however many the training genome
+    had. Computed once per run, before the first token.
+    """
+    banned = torch.tensor(
+        [not _spells_bases(tokenizer.decode([i])) for i in range(tokenizer.vocab_size)]
+    )
+    if bool(banned.all()):
+        raise ValueError(
+            f"{tokenizer!r} has no token that spells only A, C, G and T, so there is nothing "
+            "to sample: generate from a checkpoint trained with a DNA tokenizer "
+            "(tokenizer.path=nucleotide, or a BPE trained on the genome)"
+        )
+    return banned
+
+
+def _spells_bases(piece: str) -> bool:
+    return bool(piece) and set(piece) <= BASES
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -85,4 +113,11 @@ def sample_tokens(
         hidden = decoder.feed(ids[:, None])[:, -1]
 
 
-__all__ = ["Sampling", "choose", "sample_tokens", "top_k_filter", "top_p_filter"]
+__all__ = [
+    "Sampling",
+    "banned_tokens",
+    "choose",
+    "sample_tokens",
+    "top_k_filter",
+    "top_p_filter",
+]

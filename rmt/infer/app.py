@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from data import DNATokenizer, Genome
-from rmt.checkpoint import load_model, resolve_checkpoint
+from rmt.checkpoint import load_model, refuse_causal, resolve_checkpoint
 from rmt.cli import autocast_dtype, user_errors, write_json
 from rmt.compile import compile_runner
 from rmt.hf_runner import bare_hf_model, is_hf_encoder_dir
@@ -79,6 +79,8 @@ def load_inputs(options: InferOptions, device: torch.device) -> Inputs:
         raise ValueError(f"output={out} is a file, not a directory: choose a directory")
     bare = is_hf_encoder_dir(options.checkpoint)
     checkpoint = Path(options.checkpoint) if bare else resolve_checkpoint(options.checkpoint)
+    if not bare:
+        refuse_causal(checkpoint, PROGRAM, f"checkpoint={options.checkpoint}")
     fasta = infer_fasta(options.data.fasta, checkpoint)
     genome = Genome(fasta, cache_dir=options.data.cache_dir)
     check_token_embeddings(options, resolve_regions(genome, options.regions))

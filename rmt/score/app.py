@@ -32,7 +32,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from data import DNATokenizer, Genome
-from rmt.checkpoint import load_model, resolve_checkpoint
+from rmt.checkpoint import load_model, refuse_causal, resolve_checkpoint
 from rmt.cli import autocast_dtype, user_errors, write_json
 from rmt.compile import compile_runner
 from rmt.infer.outputs import SPOOL, STATE, SUMMARY, errors_name
@@ -79,6 +79,7 @@ def load_inputs(options: ScoreOptions, device: torch.device) -> Inputs:
     if out.exists() and not out.is_dir():
         raise ValueError(f"output={out} is a file, not a directory: choose a directory")
     checkpoint = resolve_checkpoint(options.checkpoint)
+    refuse_causal(checkpoint, PROGRAM, f"checkpoint={options.checkpoint}")
     fasta = infer_fasta(options.data.fasta, checkpoint)
     genome = Genome(fasta, cache_dir=options.data.cache_dir)
     records = read_records(options.variants)

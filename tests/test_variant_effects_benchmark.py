@@ -168,7 +168,6 @@ def test_class_report_ranks_and_orders_known_scores():
     assert r["mean_llr"]["stop_lost"] == {"n": 0, "mean": None, "ci95": None}
 
 
-@needs_bacteria
 def test_auroc_is_sklearns_with_ties_and_none_without_both_classes():
     rng = np.random.default_rng(0)
     llr = rng.integers(-3, 3, 200).astype(float)  # many ties
@@ -179,6 +178,7 @@ def test_auroc_is_sklearns_with_ties_and_none_without_both_classes():
     assert auroc(llr, effect, "missense", "stop_lost") is None
 
 
+@needs_bacteria
 def test_pyrodigal_genes_on_a_real_genome_are_cds():
     fasta = open_fasta(BACTERIA / "escherichia_coli_DH1.fa.gz")
     name = next(iter(fasta.records))

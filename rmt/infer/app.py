@@ -136,7 +136,9 @@ def run_inference(options: InferOptions) -> dict:
         if claim.plan is not None:
             stream_shards(options, inputs, claim, ranks, started)
             ranks.wait_for_all()
-        return ranks.on_main(lambda: finish(options, inputs, claim, ranks, started))
+        summary = ranks.on_main(lambda: finish(options, inputs, claim, ranks, started))
+    ranks.leave()
+    return summary
 
 
 def check_ranks(options: InferOptions, world_size: int) -> None:

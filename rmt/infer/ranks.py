@@ -84,6 +84,13 @@ class Ranks:
         if self.world.distributed:
             dist.barrier(group=self.group)
 
+    def leave(self) -> None:
+        """Tear the process groups down once the run is done, so a finished rank does not
+        leave gloo's threads to interpreter shutdown, which can abort it ("terminate
+        called without an active exception") after its work was written."""
+        if self.world.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
     def my_shards(self, shard_bp: list[int]) -> list[int]:
         """The shards this rank runs, in order: all of them balanced by bp over the ranks."""
         return balance(shard_bp, self.world.world_size)[self.world.rank]

@@ -123,7 +123,9 @@ def run_scoring(options: ScoreOptions, after_save: Callable[[int], None] | None 
         if claim is not None:
             score_mine(options, inputs, chunks, claim, ranks, started, after_save)
             ranks.wait_for_all()
-        return ranks.on_main(lambda: finish(options, inputs, chunks, claim, started))
+        summary = ranks.on_main(lambda: finish(options, inputs, chunks, claim, started))
+    ranks.leave()
+    return summary
 
 
 def check_ranks(chunks: int, world_size: int) -> None:

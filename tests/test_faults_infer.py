@@ -103,10 +103,14 @@ def test_a_second_run_into_the_same_output_is_refused_at_once_naming_the_holder(
         while not (out / "config.json").exists():  # claimed: it holds the lock
             assert first.poll() is None and time.monotonic() < deadline, "first run ended"
             time.sleep(0.01)
+        # Paused while it holds the lock, so it cannot finish (and release it) before the
+        # second run has started, however fast the machine.
+        os.kill(first.pid, signal.SIGSTOP)
         started = time.monotonic()
         second = cli(*args(checkpoint, out, "strand=-"))
         line = one_line_error(second, str(out), f"in use by rmt-infer (pid {first.pid} on ")
         assert "another directory" in line and time.monotonic() - started < 60
+        os.kill(first.pid, signal.SIGCONT)
         assert first.wait(timeout=300) == 0, first.stderr.read()
     finally:
         first.kill()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from omegaconf import DictConfig, OmegaConf
@@ -101,6 +101,14 @@ def _unknown_keys(node: DictConfig, path: str) -> Iterator[str]:
             yield from _unknown_keys(value, f"{full}.")
         elif key not in fields:
             yield f"{full} (allowed: {', '.join(sorted(fields))})"
+
+
+def require(keys: Iterable[str], is_missing: Callable[[str], bool], usage: str) -> None:
+    """Refuse the first of `keys` that `is_missing`, with the app's usage line: a required
+    (`???`) key is what users forget most, so the error shows the command to type."""
+    for key in keys:
+        if is_missing(key):
+            raise ValueError(f"{key} is required: {usage}")
 
 
 def to_options(cfg: DictConfig, schema: type[T], schema_name: str) -> T:

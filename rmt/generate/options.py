@@ -16,10 +16,11 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from kernels import BACKENDS
 from rmt.generate.prompt import check_prompt
-from rmt.option_errors import at_least, check, to_options
+from rmt.option_errors import at_least, check, require, to_options
 
 PROGRAM = "rmt-generate"
 REQUIRED = ("checkpoint", "output")
+USAGE = f"{PROGRAM} checkpoint=RUN_DIR output=OUT.fa"
 FASTA_SUFFIXES = (".fa", ".fasta", ".fna")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -47,9 +48,7 @@ class GenerateOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for key in REQUIRED:
-            if getattr(self, key) == MISSING:
-                _missing(key)
+        require(REQUIRED, lambda key: getattr(self, key) == MISSING, USAGE)
         check(Path(self.output).suffix.lower() in FASTA_SUFFIXES, "output", self.output,
               f"is not a FASTA path: end it in {', '.join(FASTA_SUFFIXES)}")  # fmt: skip
         check_prompt(self.prompt)
@@ -85,15 +84,9 @@ class GenerateOptions:
         return Path(self.output).with_name("generate.json")
 
 
-def _missing(key: str) -> None:
-    raise ValueError(f"{key} is required: {PROGRAM} checkpoint=RUN_DIR output=OUT.fa")
-
-
 def generate_options(cfg: DictConfig) -> GenerateOptions:
     """rmt-generate's composed config as options; a bad value is a one-line ValueError."""
-    for key in REQUIRED:
-        if OmegaConf.is_missing(cfg, key):
-            _missing(key)
+    require(REQUIRED, lambda key: OmegaConf.is_missing(cfg, key), USAGE)
     return to_options(cfg, GenerateOptions, "generate_schema")
 
 

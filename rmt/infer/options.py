@@ -16,11 +16,12 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from kernels import BACKENDS
-from rmt.option_errors import at_least, check, to_options
+from rmt.option_errors import at_least, check, require, to_options
 from rmt.option_groups import HFOptions
 
 PROGRAM = "rmt-infer"
 REQUIRED = ("checkpoint", "output")
+USAGE = f"{PROGRAM} checkpoint=RUN_DIR output=OUT_DIR"
 STRANDS = ("+", "-", "both")
 PRECISIONS = ("auto", "fp32", "bf16")
 STORE_DTYPES = ("float16", "float32")
@@ -125,9 +126,7 @@ class InferOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for key in REQUIRED:
-            if getattr(self, key) == MISSING:
-                _missing(key)
+        require(REQUIRED, lambda key: getattr(self, key) == MISSING, USAGE)
         self.regions = _as_list(self.regions)
         check(self.regions != [], "regions", self.regions,
               "is empty; give at least one region, or null for every record")  # fmt: skip
@@ -143,15 +142,9 @@ class InferOptions:
         return ["+", "-"] if self.strand == "both" else [self.strand]
 
 
-def _missing(key: str) -> None:
-    raise ValueError(f"{key} is required: {PROGRAM} checkpoint=RUN_DIR output=OUT_DIR")
-
-
 def infer_options(cfg: DictConfig) -> InferOptions:
     """rmt-infer's composed config as options; a bad value is a one-line ValueError."""
-    for key in REQUIRED:
-        if OmegaConf.is_missing(cfg, key):
-            _missing(key)
+    require(REQUIRED, lambda key: OmegaConf.is_missing(cfg, key), USAGE)
     return to_options(cfg, InferOptions, "infer_schema")
 
 

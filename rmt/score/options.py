@@ -17,10 +17,11 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from kernels import BACKENDS
 from rmt.infer.options import PRECISIONS, InferDataOptions
-from rmt.option_errors import at_least, check, to_options
+from rmt.option_errors import at_least, check, require, to_options
 
 PROGRAM = "rmt-score"
 REQUIRED = ("checkpoint", "variants", "output")
+USAGE = f"{PROGRAM} checkpoint=RUN_DIR variants=FILE.vcf[.gz] output=OUT_DIR"
 STRANDS = ("plus", "both")
 REF_MISMATCH = ("fail", "skip")
 # A VCF INFO key (VCF 4.3, section 1.6.1).
@@ -73,9 +74,7 @@ class ScoreOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for key in REQUIRED:
-            if getattr(self, key) == MISSING:
-                _missing(key)
+        require(REQUIRED, lambda key: getattr(self, key) == MISSING, USAGE)
         _one_of("strand", self.strand, STRANDS)
         _one_of("ref_mismatch", self.ref_mismatch, REF_MISMATCH)
         _one_of("precision", self.precision, PRECISIONS)
@@ -96,17 +95,9 @@ class ScoreOptions:
         return ["+", "-"] if self.strand == "both" else ["+"]
 
 
-def _missing(key: str) -> None:
-    raise ValueError(
-        f"{key} is required: {PROGRAM} checkpoint=RUN_DIR variants=FILE.vcf[.gz] output=OUT_DIR"
-    )
-
-
 def score_options(cfg: DictConfig) -> ScoreOptions:
     """rmt-score's composed config as options; a bad value is a one-line ValueError."""
-    for key in REQUIRED:
-        if OmegaConf.is_missing(cfg, key):
-            _missing(key)
+    require(REQUIRED, lambda key: OmegaConf.is_missing(cfg, key), USAGE)
     return to_options(cfg, ScoreOptions, "score_schema")
 
 

@@ -113,3 +113,20 @@ def test_segment_flops_by_hand():
     assert segment_flops(config, 8, 2, head=False) == 2 * (184_320 + 12_800)
     dense = 2 * 2 * 10 * (1024 * 4 + 6144) + 2 * 12_800  # 1024 each for q, k, v, out
     assert segment_flops(encoder().config, 8, 2, head=False) == dense
+
+
+def test_the_parameters_table_counts_the_built_encoders(capsys):
+    from hydra import compose, initialize_config_module
+
+    from benchmarks.parameters import counts, main
+    from rmt.encoder import Encoder, EncoderConfig
+    from rmt.options import train_options
+
+    vocab, total, active = counts("genos_small", vocab=128)
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        fields = train_options(compose("train", ["model=genos_small"])).model.encoder_fields()
+    encoder = Encoder(EncoderConfig(**fields, vocab_size=128))
+    assert vocab == 128 and total == sum(p.numel() for p in encoder.parameters()) > active
+    main(["tiny", "dnafm"])
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[2].startswith("| tiny | 512 |") and rows[3].startswith("| dnafm | 16 |")
